@@ -101,13 +101,13 @@ type Options struct {
 // by all callers, renewed in the background, never presented once expired.
 // All methods are safe for concurrent use.
 type Manager struct {
-	opts   Options
-	clock  Clock
-	log    *slog.Logger
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
+	opts         Options
+	clock        Clock
+	log          *slog.Logger
+	ctx          context.Context // cancelled by Close
+	cancel       context.CancelFunc
 	stopCtxWatch func() bool
-	done   chan struct{}
+	done         chan struct{}
 
 	mu      sync.Mutex
 	closed  bool

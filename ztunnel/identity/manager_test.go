@@ -37,10 +37,10 @@ type fakeSource struct {
 	fail    error
 	gate    chan struct{} // when non-nil, Fetch waits for it to close
 	calls   map[spiffe.ID]int
-	mangle  func(*Issued) // changes a response before it is returned
+	mangle  func(*Issued)  // changes a response before it is returned
 	entered chan spiffe.ID // when non-nil, receives each Fetch call's id
-	active  atomic.Int32  // Fetch calls running
-	ctxErrs atomic.Int32  // Fetch calls that returned because ctx was done
+	active  atomic.Int32   // Fetch calls running
+	ctxErrs atomic.Int32   // Fetch calls that returned because ctx was done
 }
 
 func newFakeSource(t testing.TB, clk *fakeClock, life time.Duration) *fakeSource {

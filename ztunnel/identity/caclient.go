@@ -152,6 +152,9 @@ func (c *CAClient) Close() error { return c.conn.Close() }
 
 // Fetch obtains a new key and certificate for id from the CA.
 func (c *CAClient) Fetch(ctx context.Context, id spiffe.ID) (*Issued, error) {
+	if err := id.Validate(); err != nil {
+		return nil, fmt.Errorf("requesting certificate: %w", err)
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generating key for %s: %w", id, err)

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"istio.io/istio/pkg/zdsapi"
@@ -154,13 +155,9 @@ func (c *Client) runConn(ctx context.Context) (established bool, err error) {
 		if ackMsg != "" {
 			c.log.Warn("zds request failed", "error", ackMsg)
 		}
-		ack, err := encodeAck(ackMsg)
+		ack, err := encodeAck(limitAckText(ackMsg))
 		if err != nil {
-			// Only an oversized error text; shorten it.
-			ack, err = encodeAck(ackMsg[:min(len(ackMsg), MaxMessageSize/2)])
-			if err != nil {
-				return true, err
-			}
+			return true, err
 		}
 		if err := c.write(conn, ack); err != nil {
 			return true, fmt.Errorf("sending ack: %w", err)
@@ -173,6 +170,18 @@ func (c *Client) write(conn *net.UnixConn, data []byte) error {
 		return err
 	}
 	return sendPacket(conn, data, -1)
+}
+
+// maxAckText bounds an ack's error text: Istio's agent reads acks into a
+// 1 KiB buffer and treats a truncated packet as a failure.
+const maxAckText = 512
+
+// limitAckText shortens s to maxAckText bytes of valid UTF-8.
+func limitAckText(s string) string {
+	if len(s) <= maxAckText {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxAckText-3], "") + "..."
 }
 
 type connState struct {

@@ -9,14 +9,15 @@
 // exactly one serialized protobuf message, at most [MaxMessageSize] bytes. A
 // netns file descriptor travels as SCM_RIGHTS ancillary data in the same
 // packet as the message it belongs to. A zero-length packet is treated as the
-// peer closing the connection.
+// peer closing the connection. An ack's error text is capped at 512 bytes
+// (Istio's agent reads acks into a 1 KiB buffer).
 //
 // # Conversation
 //
 //  1. ztunnel sends a ZdsHello (version V1). The agent does not answer it.
 //  2. The agent sends its snapshot: for every pod it knows, an AddWorkload
 //     carrying the pod's netns fd, or, when it has no netns for the pod, a
-//     KeepWorkload (no fd) asking ztunnel to keep whatever it has for that uid.
+//     KeepWorkload (no fd, as zds.proto and Istio's agent define it) asking ztunnel to keep whatever it has for that uid.
 //     Then SnapshotSent. ztunnel then drops every pod whose uid was not in
 //     the snapshot.
 //  3. From then on the agent sends AddWorkload (with fd) and DelWorkload (uid,

@@ -4,7 +4,9 @@ package zds
 
 import (
 	"errors"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -227,5 +229,19 @@ func FuzzDecode(f *testing.F) {
 func TestKindString(t *testing.T) {
 	if KindAdd.String() != "add" || Kind(42).String() != "Kind(42)" {
 		t.Fatal(KindAdd.String(), Kind(42).String())
+	}
+}
+
+func TestLimitAckText(t *testing.T) {
+	long := strings.Repeat("é", 1000) // 2 bytes each
+	got := limitAckText(long)
+	if len(got) > maxAckText || !utf8.ValidString(got) || !strings.HasSuffix(got, "...") {
+		t.Fatalf("limitAckText: len %d valid %v", len(got), utf8.ValidString(got))
+	}
+	if _, err := encodeAck(got); err != nil {
+		t.Fatal(err)
+	}
+	if limitAckText("short") != "short" {
+		t.Fatal("short text changed")
 	}
 }

@@ -875,3 +875,21 @@ func TestNewServerStaleSocketAndClose(t *testing.T) {
 		t.Fatal("NewServer without snapshot source succeeded")
 	}
 }
+
+func TestClientRetriesUntilAgentListens(t *testing.T) {
+	path := sockPath(t)
+	h := newRecHandler()
+	startClient(t, path, h) // nothing listens yet: the client backs off and retries
+	s := startServer(t, path, &podSource{}, 0)
+	if e := h.next(t); e.kind != "snapshot" {
+		t.Fatalf("got %+v", e)
+	}
+	waitReady(t, s)
+	// Agent restart: the client reconnects to the new server.
+	s.Close()
+	s2 := startServer(t, path, &podSource{}, 0)
+	if e := h.next(t); e.kind != "snapshot" {
+		t.Fatalf("got %+v", e)
+	}
+	waitReady(t, s2)
+}

@@ -154,10 +154,12 @@ func loadOrCreateState(td, dir string, now func() time.Time) (a *Authority, crea
 	}
 	// Key first: a crash between the two renames leaves a key without a
 	// certificate, which the next start reports instead of regenerating.
-	if err := WriteFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	// Exclusive: if another process created the root meanwhile, fail
+	// rather than mix two roots' files.
+	if err := writeFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600, true); err != nil {
 		return nil, false, err
 	}
-	if err := WriteFileAtomic(certPath, pemCert(cert), 0o644); err != nil {
+	if err := writeFile(certPath, pemCert(cert), 0o644, true); err != nil {
 		return nil, false, err
 	}
 	a, err = newAuthority(td, Material{Cert: cert, Key: key}, now)
@@ -265,14 +267,21 @@ func readKey(path string) (crypto.Signer, error) {
 // temporary file in the same directory and a rename, so readers see the old
 // file or the new one. istiod uses it for the root certificate it publishes.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return writeFile(path, data, perm, false)
+}
+
+// writeFile writes through a synced temporary file; exclusive links it into
+// place (failing if path exists, so nothing is ever replaced) instead of
+// renaming over it.
+func writeFile(path string, data []byte, perm os.FileMode, exclusive bool) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	tmp := f.Name()
+	defer os.Remove(tmp) // after a rename or link this is a no-op or drops the extra name
 	fail := func(err error) error {
 		f.Close()
-		os.Remove(tmp)
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := f.Chmod(perm); err != nil {
@@ -285,11 +294,14 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return fail(err)
 	}
 	if err := f.Close(); err != nil {
-		os.Remove(tmp)
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if exclusive {
+		err = os.Link(tmp, path)
+	} else {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if d, err := os.Open(filepath.Dir(path)); err == nil {

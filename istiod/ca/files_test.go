@@ -354,3 +354,38 @@ func mustID(t *testing.T, s string) spiffe.ID {
 	}
 	return id
 }
+
+// Racing creators never leave a mixed pair: whoever wins creates the root,
+// the others fail or load it.
+func TestStateDirConcurrentCreate(t *testing.T) {
+	dir := t.TempDir()
+	const n = 4
+	results := make(chan *Authority, n)
+	for range n {
+		go func() {
+			a, _ := LoadOrCreate(Options{TrustDomain: td, StateDir: dir})
+			results <- a
+		}()
+	}
+	var got []*Authority
+	for range n {
+		if a := <-results; a != nil {
+			got = append(got, a)
+		}
+	}
+	final, err := LoadOrCreate(Options{TrustDomain: td, StateDir: dir})
+	if err != nil {
+		t.Fatalf("state after the race does not load: %v", err)
+	}
+	if len(got) == 0 {
+		t.Fatal("no creator succeeded")
+	}
+	for _, a := range got {
+		if !bytes.Equal(a.RootsPEM(), final.RootsPEM()) {
+			t.Fatal("a creator returned a root other than the persisted one")
+		}
+	}
+	if len(snapshot(t, dir)) != 2 {
+		t.Fatalf("state dir holds %v", snapshot(t, dir))
+	}
+}

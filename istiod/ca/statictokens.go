@@ -80,7 +80,8 @@ func LoadStaticTokens(path, trustDomain string) (*StaticTokens, error) {
 //	  - spiffe://cluster.local/ns/default/sa/client
 //	  - spiffe://cluster.local/ns/shop/sa/*
 //
-// "*" stands for a whole namespace or service-account segment only.
+// "*" stands for a whole namespace or service-account segment only. A
+// commented example is istiod/ca/testdata/tokens.example.yaml.
 func ParseStaticTokens(data []byte, trustDomain string) (*StaticTokens, error) {
 	var f tokenFile
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {

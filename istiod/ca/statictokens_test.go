@@ -129,3 +129,14 @@ func TestBearerToken(t *testing.T) {
 		}
 	}
 }
+
+// The documented example file parses.
+func TestExampleTokenFile(t *testing.T) {
+	s, err := LoadStaticTokens("testdata/tokens.example.yaml", td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.byHash) != 2 {
+		t.Fatalf("%d callers, want 2", len(s.byHash))
+	}
+}

@@ -34,7 +34,8 @@ func LoadFile(path string) (Snapshot, error) {
 }
 
 // ParseConfig parses a local config document: YAML (or JSON) with the
-// top-level lists `workloads`, `services` and `policies`, each entry the
+// top-level lists `workloads`, `services` and `policies` (and `version`,
+// written by Dump, ignored), each entry the
 // protojson form of workloadapi.Workload, workloadapi.Service or
 // security.Authorization (field names lowerCamel or snake_case, enums by
 // name). Unknown fields are errors.
@@ -50,6 +51,8 @@ func LoadFile(path string) (Snapshot, error) {
 //     missing length means a host (/32, /128), not /0.
 //
 // Text that is not an IP is left for protojson (which takes base64 bytes).
+// The YAML is read as YAML 1.1: quote values such as y, n, yes, no, on and
+// off, which are otherwise booleans.
 // Parsing does not validate; Store.Validate does.
 func ParseConfig(data []byte) (Snapshot, error) {
 	js, err := yaml.YAMLToJSON(data)
@@ -65,6 +68,7 @@ func ParseConfig(data []byte) (Snapshot, error) {
 	for key := range top {
 		switch key {
 		case "workloads", "services", "policies":
+		case "version": // written by Dump; ignored
 		default:
 			return Snapshot{}, fmt.Errorf("%w: unknown top-level key %q; want workloads, services, policies", ErrConfig, key)
 		}
@@ -364,6 +368,13 @@ func serviceToText(obj map[string]any) {
 // policyToText writes each policy address as a CIDR string, so a length
 // of 0 (omitted by protojson) survives the round trip.
 func policyToText(obj map[string]any) {
+	// Spell out the zero-valued enums protojson omits: they matter.
+	if _, ok := obj["scope"]; !ok {
+		obj["scope"] = security.Scope_GLOBAL.String()
+	}
+	if _, ok := obj["action"]; !ok {
+		obj["action"] = security.Action_ALLOW.String()
+	}
 	for _, g := range asList(obj["groups"]) {
 		for _, r := range asList(asMap(g)["rules"]) {
 			for _, m := range asList(asMap(r)["matches"]) {

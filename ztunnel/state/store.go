@@ -13,8 +13,8 @@ import (
 
 // Defaults for Options.
 const (
-	DefaultRootNamespace = "istio-system"
-	DefaultTrustDomain   = "cluster.local"
+	DefaultRootNamespace  = "istio-system"
+	DefaultTrustDomain    = "cluster.local"
 	DefaultServiceAccount = "default"
 )
 

@@ -41,8 +41,8 @@ type View struct {
 	version       uint64
 	rootNamespace string
 
-	workloads map[string]wlEntry                  // by uid
-	services  map[string]svcEntry                 // by namespace/hostname
+	workloads map[string]wlEntry                 // by uid
+	services  map[string]svcEntry                // by namespace/hostname
 	policies  map[string]*security.Authorization // by namespace/name
 
 	workloadByAddr map[NetAddr]wlEntry

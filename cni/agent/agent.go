@@ -1,0 +1,595 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ambit-mesh/ambit/cni/agentapi"
+	"github.com/ambit-mesh/ambit/cni/capture"
+	"github.com/ambit-mesh/ambit/pkg/enrollment"
+	"github.com/ambit-mesh/ambit/pkg/netns"
+	"github.com/ambit-mesh/ambit/pkg/zds"
+)
+
+// ZDS is the part of the ZDS server (zds.Server) the agent uses.
+type ZDS interface {
+	AddPod(ctx context.Context, pod zds.Pod) error
+	DelPod(ctx context.Context, uid string) error
+	Connected() bool
+	WaitReady(ctx context.Context) error
+}
+
+var (
+	_ ZDS                = (*zds.Server)(nil)
+	_ agentapi.Handler   = (*Agent)(nil)
+	_ zds.SnapshotSource = (*Agent)(nil)
+)
+
+// Defaults of Config.
+const (
+	DefaultPodWait        = 5 * time.Second
+	DefaultZtunnelWait    = 5 * time.Second
+	DefaultResyncInterval = time.Minute
+)
+
+// Errors wrapped by the agent's answers; test with errors.Is.
+var (
+	// ErrPodNotFound: the pod of an Enroll is not in the pod source in time.
+	ErrPodNotFound = errors.New("pod not found in the node's pod source")
+	// ErrZtunnelNotConnected: no ztunnel connected to take an enrolled pod.
+	// Errors wrapping it also wrap zds.ErrNoZtunnel.
+	ErrZtunnelNotConnected = errors.New("ztunnel not connected to the agent")
+	// ErrNotReady: Status before Discover finished.
+	ErrNotReady = errors.New("node agent not ready")
+)
+
+// Config configures an Agent.
+type Config struct {
+	// Node is this node's name (required); it goes into logs and messages.
+	Node string
+	// Source lists this node's pods (required).
+	Source PodSource
+	// Capture programs the rules in pod namespaces (required).
+	Capture capture.Backend
+	// CaptureConfig parameterises the rules; zero fields take defaults.
+	CaptureConfig capture.Config
+	// ZDS hands pods to ztunnel (required). Its snapshot source should be
+	// the Agent (Agent.Snapshot).
+	ZDS ZDS
+	// PodWait bounds how long Enroll waits for its pod to appear in Source
+	// (DefaultPodWait if zero).
+	PodWait time.Duration
+	// ZtunnelWait bounds how long Enroll waits for a ztunnel to connect
+	// when none is (DefaultZtunnelWait if zero).
+	ZtunnelWait time.Duration
+	// ResyncInterval is how often Run reconciles without a source change
+	// (DefaultResyncInterval if zero).
+	ResyncInterval time.Duration
+	// Ready, if set, is part of Status: e.g. "the plugin is installed" and
+	// "the ZDS server is serving".
+	Ready func(ctx context.Context) error
+	// Logger; discards if nil.
+	Logger *slog.Logger
+}
+
+// tracked is a pod the agent captured and handed (or is handing) to ztunnel.
+type tracked struct {
+	pod   Pod
+	netns string // path of the netns the rules are in
+}
+
+// Agent implements agentapi.Handler and reconciles the node's pods. Safe for
+// concurrent use. See the package doc.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	locks keyedMutex
+
+	mu   sync.Mutex
+	pods map[string]tracked // by UID; guarded by mu
+
+	discovered atomic.Bool
+}
+
+// New validates cfg and returns an Agent.
+func New(cfg Config) (*Agent, error) {
+	switch {
+	case cfg.Node == "":
+		return nil, errors.New("agent: no node name configured")
+	case cfg.Source == nil:
+		return nil, errors.New("agent: no pod source configured")
+	case cfg.Capture == nil:
+		return nil, errors.New("agent: no capture backend configured")
+	case cfg.ZDS == nil:
+		return nil, errors.New("agent: no ZDS server configured")
+	}
+	if err := cfg.CaptureConfig.Validate(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	cfg.CaptureConfig = cfg.CaptureConfig.WithDefaults()
+	if cfg.PodWait <= 0 {
+		cfg.PodWait = DefaultPodWait
+	}
+	if cfg.ZtunnelWait <= 0 {
+		cfg.ZtunnelWait = DefaultZtunnelWait
+	}
+	if cfg.ResyncInterval <= 0 {
+		cfg.ResyncInterval = DefaultResyncInterval
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{
+		cfg:  cfg,
+		log:  log.With("node", cfg.Node),
+		pods: map[string]tracked{},
+	}, nil
+}
+
+// Snapshot implements zds.SnapshotSource: the captured pods, by netns path.
+func (a *Agent) Snapshot() []zds.Pod {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]zds.Pod, 0, len(a.pods))
+	for _, t := range a.pods {
+		out = append(out, zds.Pod{
+			UID: t.pod.UID, Name: t.pod.Name, Namespace: t.pod.Namespace,
+			ServiceAccount: t.pod.ServiceAccount, NetnsPath: t.netns,
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].UID < out[j].UID })
+	return out
+}
+
+// Captured returns the UIDs of the pods the agent has captured, sorted.
+func (a *Agent) Captured() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.pods))
+	for uid := range a.pods {
+		out = append(out, uid)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (a *Agent) track(p Pod, path string) {
+	a.mu.Lock()
+	a.pods[p.UID] = tracked{pod: p, netns: path}
+	a.mu.Unlock()
+}
+
+func (a *Agent) untrack(uid string) {
+	a.mu.Lock()
+	delete(a.pods, uid)
+	a.mu.Unlock()
+}
+
+func (a *Agent) lookup(uid string) (tracked, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t, ok := a.pods[uid]
+	return t, ok
+}
+
+func (a *Agent) lookupName(namespace, name string) (tracked, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, t := range a.pods {
+		if t.pod.Namespace == namespace && t.pod.Name == name {
+			return t, true
+		}
+	}
+	return tracked{}, false
+}
+
+// sourcePod returns the source's current pod with this uid.
+func (a *Agent) sourcePod(uid string) (Pod, bool, bool) {
+	pods, synced := a.cfg.Source.Pods()
+	for _, p := range pods {
+		if p.UID == uid {
+			return p, true, synced
+		}
+	}
+	return Pod{}, false, synced
+}
+
+// Enroll implements agentapi.Handler.
+func (a *Agent) Enroll(ctx context.Context, req agentapi.EnrollRequest) (agentapi.EnrollResponse, error) {
+	if req.Namespace == "" || req.Name == "" {
+		return agentapi.EnrollResponse{}, fmt.Errorf("enroll request names no pod (namespace %q, name %q): the plugin must pass K8S_POD_NAMESPACE and K8S_POD_NAME", req.Namespace, req.Name)
+	}
+	if req.Netns == "" {
+		return agentapi.EnrollResponse{}, fmt.Errorf("enroll request for pod %s has no network namespace: the runtime must set CNI_NETNS", req)
+	}
+	pod, err := a.waitForPod(ctx, req)
+	if err != nil {
+		return agentapi.EnrollResponse{}, err
+	}
+	log := a.log.With("pod", pod.Name, "namespace", pod.Namespace, "uid", pod.UID)
+	d := enrollment.Decide(pod.Labels, pod.NamespaceLabels)
+	if !d.Enrolled {
+		log.Debug("pod not enrolled", "reason", d.Reason)
+		return agentapi.EnrollResponse{Enrolled: false, Reason: d.Reason}, nil
+	}
+	unlock, err := a.locks.lock(ctx, pod.UID)
+	if err != nil {
+		return agentapi.EnrollResponse{}, fmt.Errorf("enrolling pod %s: %w", pod.Key(), err)
+	}
+	defer unlock()
+	if err := a.captureAndAdd(ctx, pod, req.Netns); err != nil {
+		log.Error("enrolling pod failed; capture rules stay in place (fail closed)", "err", err)
+		return agentapi.EnrollResponse{}, err
+	}
+	log.Info("pod enrolled", "reason", d.Reason, "netns", req.Netns)
+	return agentapi.EnrollResponse{Enrolled: true, Reason: d.Reason}, nil
+}
+
+// waitForPod waits up to PodWait for the pod of req to be in the source.
+// A pod of the same name with another UID is an older pod being replaced.
+func (a *Agent) waitForPod(ctx context.Context, req agentapi.EnrollRequest) (Pod, error) {
+	timer := time.NewTimer(a.cfg.PodWait)
+	defer timer.Stop()
+	for {
+		changed := a.cfg.Source.Changed()
+		pods, _ := a.cfg.Source.Pods()
+		for _, p := range pods {
+			if p.Namespace == req.Namespace && p.Name == req.Name && (req.UID == "" || p.UID == req.UID) {
+				return p, nil
+			}
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return Pod{}, fmt.Errorf("%w: pod %s (uid %q) is not among node %s's pods after %s: check that it is scheduled on this node (agent flag --node) and that the agent can read the cluster state (local mode's state file or the API server)",
+				ErrPodNotFound, req, req.UID, a.cfg.Node, a.cfg.PodWait)
+		case <-ctx.Done():
+			return Pod{}, fmt.Errorf("waiting for pod %s in node %s's pod source: %w", req, a.cfg.Node, ctx.Err())
+		}
+	}
+}
+
+// captureAndAdd installs the rules in the netns at path, then hands the pod
+// to ztunnel and waits for its ack. The caller holds the pod's lock. On a
+// hand-off failure the rules stay (fail closed) and the pod is untracked.
+func (a *Agent) captureAndAdd(ctx context.Context, pod Pod, path string) error {
+	ns, err := netns.Open(path)
+	if err != nil {
+		return fmt.Errorf("enrolling pod %s on node %s: %w", pod.Key(), a.cfg.Node, err)
+	}
+	defer ns.Close()
+	if err := a.cfg.Capture.Install(ctx, ns, a.cfg.CaptureConfig); err != nil {
+		return fmt.Errorf("installing %s capture rules in pod %s (netns %s) on node %s: %w", a.cfg.Capture.Name(), pod.Key(), path, a.cfg.Node, err)
+	}
+	// Tracked before the add, so a ztunnel reconnecting meanwhile gets the
+	// pod in its snapshot (see zds.SnapshotSource).
+	a.track(pod, path)
+	if err := a.handOff(ctx, pod, ns); err != nil {
+		a.untrack(pod.UID)
+		return err
+	}
+	return nil
+}
+
+// handOff sends the pod to ztunnel, waiting up to ZtunnelWait for one to
+// connect.
+func (a *Agent) handOff(ctx context.Context, pod Pod, ns *os.File) error {
+	notConnected := func() error {
+		return fmt.Errorf("%w on node %s (%w): is the ztunnel DaemonSet running on this node? Pod %s stays without traffic (capture rules in place) until ztunnel is up and the pod is retried",
+			ErrZtunnelNotConnected, a.cfg.Node, zds.ErrNoZtunnel, pod.Key())
+	}
+	if !a.cfg.ZDS.Connected() {
+		wctx, cancel := context.WithTimeout(ctx, a.cfg.ZtunnelWait)
+		err := a.cfg.ZDS.WaitReady(wctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("waiting for ztunnel on node %s to take pod %s: %w", a.cfg.Node, pod.Key(), ctx.Err())
+			}
+			return notConnected()
+		}
+	}
+	err := a.cfg.ZDS.AddPod(ctx, zds.Pod{
+		UID: pod.UID, Name: pod.Name, Namespace: pod.Namespace,
+		ServiceAccount: pod.ServiceAccount, Netns: ns,
+	})
+	var ackErr *zds.AckError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, zds.ErrNoZtunnel):
+		return notConnected()
+	case errors.As(err, &ackErr):
+		return fmt.Errorf("ztunnel on node %s refused pod %s: %s; see ztunnel's log", a.cfg.Node, pod.Key(), ackErr.Msg)
+	case errors.Is(err, zds.ErrAckTimeout), errors.Is(err, zds.ErrConnClosed):
+		return fmt.Errorf("handing pod %s to ztunnel on node %s: %w; ztunnel reconnects and the pod is retried: check ztunnel's log if this repeats", pod.Key(), a.cfg.Node, err)
+	default:
+		return fmt.Errorf("handing pod %s to ztunnel on node %s: %w", pod.Key(), a.cfg.Node, err)
+	}
+}
+
+// Release implements agentapi.Handler: it removes the pod's rules and tells
+// ztunnel (best effort). Unknown pods and missing namespaces are fine.
+func (a *Agent) Release(ctx context.Context, req agentapi.ReleaseRequest) error {
+	uid := req.UID
+	if uid == "" {
+		if t, ok := a.lookupName(req.Namespace, req.Name); ok {
+			uid = t.pod.UID
+		}
+	}
+	if uid == "" {
+		// Never captured by this agent; an earlier agent may have: remove
+		// whatever rules of ours are in the namespace.
+		return a.removeRules(ctx, req.String(), req.Netns)
+	}
+	unlock, err := a.locks.lock(ctx, uid)
+	if err != nil {
+		return fmt.Errorf("releasing pod %s: %w", req, err)
+	}
+	defer unlock()
+	return a.releaseLocked(ctx, uid, req.String(), req.Netns)
+}
+
+// releaseLocked removes the rules (from path, or the tracked netns when
+// path is empty), untracks the pod and sends ztunnel a del when it was
+// tracked. The caller holds the pod's lock.
+func (a *Agent) releaseLocked(ctx context.Context, uid, name, path string) error {
+	t, ok := a.lookup(uid)
+	if path == "" && ok {
+		path = t.netns
+	}
+	if err := a.removeRules(ctx, name, path); err != nil {
+		return err
+	}
+	if !ok {
+		return nil
+	}
+	a.untrack(uid)
+	log := a.log.With("pod", t.pod.Name, "namespace", t.pod.Namespace, "uid", uid)
+	if a.cfg.ZDS.Connected() {
+		if err := a.cfg.ZDS.DelPod(ctx, uid); err != nil && !errors.Is(err, zds.ErrNoZtunnel) {
+			// ztunnel drops the pod at its next snapshot anyway.
+			log.Warn("telling ztunnel a pod is gone", "err", err)
+		}
+	}
+	log.Info("pod released")
+	return nil
+}
+
+func (a *Agent) removeRules(ctx context.Context, name, path string) error {
+	if path == "" {
+		return nil
+	}
+	ns, err := netns.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // the runtime removed the namespace, and our rules with it
+	}
+	if err != nil {
+		return fmt.Errorf("releasing pod %s on node %s: %w", name, a.cfg.Node, err)
+	}
+	defer ns.Close()
+	if err := a.cfg.Capture.Remove(ctx, ns); err != nil {
+		return fmt.Errorf("removing capture rules of pod %s (netns %s) on node %s: %w", name, path, a.cfg.Node, err)
+	}
+	return nil
+}
+
+// Check implements agentapi.Handler.
+func (a *Agent) Check(ctx context.Context, req agentapi.CheckRequest) (agentapi.CheckResponse, error) {
+	var pod Pod
+	found := false
+	pods, _ := a.cfg.Source.Pods()
+	for _, p := range pods {
+		if p.Namespace == req.Namespace && p.Name == req.Name && (req.UID == "" || p.UID == req.UID) {
+			pod, found = p, true
+			break
+		}
+	}
+	if !found {
+		return agentapi.CheckResponse{}, fmt.Errorf("%w: pod %s is not among node %s's pods: check that it is scheduled on this node (agent flag --node)", ErrPodNotFound, req, a.cfg.Node)
+	}
+	d := enrollment.Decide(pod.Labels, pod.NamespaceLabels)
+	if !d.Enrolled {
+		return agentapi.CheckResponse{Enrolled: false, Reason: d.Reason}, nil
+	}
+	unlock, err := a.locks.lock(ctx, pod.UID)
+	if err != nil {
+		return agentapi.CheckResponse{}, fmt.Errorf("checking pod %s: %w", pod.Key(), err)
+	}
+	defer unlock()
+	t, ok := a.lookup(pod.UID)
+	path := req.Netns
+	if path == "" {
+		path = t.netns
+	}
+	if !ok {
+		return agentapi.CheckResponse{Enrolled: true, Reason: "enrolled pod is not captured by the agent yet (it is retried at the next reconcile)"}, nil
+	}
+	ns, err := netns.Open(path)
+	if err != nil {
+		return agentapi.CheckResponse{Enrolled: true, Reason: err.Error()}, nil
+	}
+	defer ns.Close()
+	if err := a.cfg.Capture.Verify(ctx, ns, a.cfg.CaptureConfig); err != nil {
+		return agentapi.CheckResponse{Enrolled: true, Reason: err.Error()}, nil
+	}
+	return agentapi.CheckResponse{Enrolled: true, CaptureInPlace: true}, nil
+}
+
+// Status implements agentapi.Handler: ready once Discover ran and Config.Ready
+// passes.
+func (a *Agent) Status(ctx context.Context) error {
+	if !a.discovered.Load() {
+		return fmt.Errorf("%w: still looking for pods captured before it started (waiting for the pod source of node %s to sync)", ErrNotReady, a.cfg.Node)
+	}
+	if a.cfg.Ready != nil {
+		return a.cfg.Ready(ctx)
+	}
+	return nil
+}
+
+// Discover waits for the pod source to sync, then tracks every pod of the
+// node whose netns already holds exactly our rules, without telling
+// ztunnel: call it before the ZDS server accepts ztunnel, whose first
+// snapshot then carries those pods. Pods whose rules are missing are left to
+// Reconcile.
+func (a *Agent) Discover(ctx context.Context) error {
+	var pods []Pod
+	for {
+		changed := a.cfg.Source.Changed()
+		var synced bool
+		if pods, synced = a.cfg.Source.Pods(); synced {
+			break
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the pod source of node %s to sync: %w", a.cfg.Node, ctx.Err())
+		}
+	}
+	found := 0
+	for _, p := range pods {
+		if p.Netns == "" {
+			continue
+		}
+		if a.discoverOne(ctx, p) {
+			found++
+		}
+	}
+	a.discovered.Store(true)
+	a.log.Info("discovered pods captured earlier", "pods", found)
+	return nil
+}
+
+func (a *Agent) discoverOne(ctx context.Context, p Pod) bool {
+	unlock, err := a.locks.lock(ctx, p.UID)
+	if err != nil {
+		return false
+	}
+	defer unlock()
+	if _, ok := a.lookup(p.UID); ok {
+		return false
+	}
+	ns, err := netns.Open(p.Netns)
+	if err != nil {
+		return false
+	}
+	defer ns.Close()
+	if err := a.cfg.Capture.Verify(ctx, ns, a.cfg.CaptureConfig); err != nil {
+		return false
+	}
+	a.track(p, p.Netns)
+	a.log.Debug("found captured pod", "pod", p.Name, "namespace", p.Namespace, "uid", p.UID)
+	return true
+}
+
+// Reconcile makes the node's captured pods match the source: running
+// enrolled pods are captured and handed to ztunnel; captured pods no longer
+// enrolled or gone are released. Level-triggered and idempotent; errors of
+// single pods are joined and retried at the next call. It does nothing until
+// the source has synced.
+func (a *Agent) Reconcile(ctx context.Context) error {
+	pods, synced := a.cfg.Source.Pods()
+	if !synced {
+		return nil
+	}
+	var errs []error
+	inSource := make(map[string]Pod, len(pods))
+	for _, p := range pods {
+		inSource[p.UID] = p
+		if len(p.IPs) == 0 || !enrollment.Enrolled(p.Labels, p.NamespaceLabels) {
+			continue
+		}
+		if _, ok := a.lookup(p.UID); ok {
+			continue
+		}
+		if p.Netns == "" {
+			a.log.Debug("enrolled pod has no known netns; waiting for its CNI ADD", "pod", p.Name, "namespace", p.Namespace)
+			continue
+		}
+		if err := a.reconcileCapture(ctx, p.UID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, uid := range a.Captured() {
+		if p, ok := inSource[uid]; ok && enrollment.Enrolled(p.Labels, p.NamespaceLabels) {
+			continue
+		}
+		if err := a.reconcileRelease(ctx, uid); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// reconcileCapture captures one pod, re-reading the source under its lock.
+func (a *Agent) reconcileCapture(ctx context.Context, uid string) error {
+	unlock, err := a.locks.lock(ctx, uid)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	p, ok, _ := a.sourcePod(uid)
+	if !ok || len(p.IPs) == 0 || p.Netns == "" || !enrollment.Enrolled(p.Labels, p.NamespaceLabels) {
+		return nil
+	}
+	if _, ok := a.lookup(uid); ok {
+		return nil
+	}
+	if err := a.captureAndAdd(ctx, p, p.Netns); err != nil {
+		return err
+	}
+	a.log.Info("pod captured by reconcile", "pod", p.Name, "namespace", p.Namespace, "uid", uid)
+	return nil
+}
+
+// reconcileRelease releases one pod, re-reading the source under its lock
+// (an Enroll may have just captured a pod newer than the caller's list).
+func (a *Agent) reconcileRelease(ctx context.Context, uid string) error {
+	unlock, err := a.locks.lock(ctx, uid)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	t, ok := a.lookup(uid)
+	if !ok {
+		return nil
+	}
+	p, inSource, synced := a.sourcePod(uid)
+	if !synced || (inSource && enrollment.Enrolled(p.Labels, p.NamespaceLabels)) {
+		return nil
+	}
+	path := t.netns
+	if inSource && p.Netns != "" {
+		path = p.Netns
+	}
+	return a.releaseLocked(ctx, uid, t.pod.Key(), path)
+}
+
+// Run reconciles at once, on every source change and every ResyncInterval
+// until ctx ends. Errors are logged and retried.
+func (a *Agent) Run(ctx context.Context) {
+	tick := time.NewTicker(a.cfg.ResyncInterval)
+	defer tick.Stop()
+	for {
+		changed := a.cfg.Source.Changed()
+		if err := a.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("reconciling pods (retried at the next change or resync)", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}

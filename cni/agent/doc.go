@@ -1,0 +1,41 @@
+// Package agent is the logic of the node agent (cni-agent): it serves the
+// ambit-cni plugin (it implements agentapi.Handler), programs capture rules
+// inside enrolled pods' network namespaces (package capture) and hands those
+// pods to ztunnel over ZDS (package zds).
+//
+// # Pod source
+//
+// The agent learns about the pods of its node from a PodSource: local mode's
+// cluster state file (LocalSource) or, later, a Kubernetes informer. Whether a
+// pod is enrolled is decided by package enrollment from the pod's and its
+// namespace's labels.
+//
+// # State and ownership
+//
+// The Agent tracks, in memory and by pod UID, the pods it has captured: their
+// rules are installed and they are (or are about to be) known to ztunnel.
+// That set is the ZDS snapshot (Agent.Snapshot). All work on one pod (Enroll,
+// Release, Check, and the reconciler's steps) is serialised by a per-UID lock,
+// so the reconciler never races a CNI ADD in flight for the same pod.
+//
+// # Fail closed
+//
+// Enroll answers only once the rules are in place and ztunnel acked the pod.
+// When the hand-off to ztunnel fails after the rules were installed, the
+// rules are deliberately left in place: CNI ADD fails, so the runtime tears
+// the sandbox down (Release removes them) or retries (Enroll reinstalls
+// them), and meanwhile the pod's connections are redirected to ports nobody
+// listens on, i.e. dropped, never sent in plaintext.
+//
+// # Reconcile and restart
+//
+// Reconcile is level-triggered and idempotent over the whole node: running
+// (has IPs) enrolled pods not captured are captured and added; captured pods
+// no longer enrolled or gone from the source are released. Run calls it on
+// every pod source change and periodically. Before the ZDS server accepts
+// ztunnel (so before any snapshot), call Discover: it finds pods whose netns
+// already holds our rules (an earlier agent captured them) and tracks them
+// without re-adding, so a restart neither forgets nor duplicates pods. The
+// agent never removes capture rules on exit: pods stay protected across
+// agent restarts.
+package agent

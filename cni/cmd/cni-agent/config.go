@@ -1,0 +1,207 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ambit-mesh/ambit/cni/agentapi"
+	"github.com/ambit-mesh/ambit/cni/capture"
+	"github.com/ambit-mesh/ambit/cni/install"
+	"github.com/ambit-mesh/ambit/pkg/zds"
+)
+
+// Flag names. ambitctl local passes these; keep them stable.
+const (
+	FlagNode            = "node"
+	FlagAgentSocket     = "agent-socket"
+	FlagZDSSocket       = "zds-socket"
+	FlagPodSource       = "pod-source"
+	FlagClusterState    = "cluster-state"
+	FlagCNIBinDir       = "cni-bin-dir"
+	FlagCNIConfDir      = "cni-conf-dir"
+	FlagPluginBinary    = "plugin-binary"
+	FlagCapture         = "capture"
+	FlagHealthAddr      = "health-addr"
+	FlagLogLevel        = "log-level"
+	FlagUninstallOnExit = "uninstall-on-exit"
+	FlagPodWait         = "pod-wait"
+	FlagZtunnelWait     = "ztunnel-wait"
+)
+
+// Environment variables, read as defaults that flags override.
+const (
+	EnvNode            = "AMBIT_NODE_NAME"
+	EnvAgentSocket     = "AMBIT_AGENT_SOCKET"
+	EnvZDSSocket       = "AMBIT_ZDS_SOCKET"
+	EnvPodSource       = "AMBIT_POD_SOURCE"
+	EnvClusterState    = "AMBIT_CLUSTER_STATE"
+	EnvCNIBinDir       = install.EnvBinDir
+	EnvCNIConfDir      = install.EnvConfDir
+	EnvPluginBinary    = install.EnvPluginBinary
+	EnvCapture         = "AMBIT_CAPTURE"
+	EnvHealthAddr      = "AMBIT_HEALTH_ADDR"
+	EnvLogLevel        = "AMBIT_LOG_LEVEL"
+	EnvUninstallOnExit = "AMBIT_UNINSTALL_ON_EXIT"
+	EnvPodWait         = "AMBIT_POD_WAIT"
+	EnvZtunnelWait     = "AMBIT_ZTUNNEL_WAIT"
+)
+
+// Pod sources.
+const (
+	PodSourceLocal      = "local"
+	PodSourceKubernetes = "kubernetes"
+)
+
+// Defaults not taken from other packages.
+const (
+	DefaultHealthAddr  = "127.0.0.1:8000"
+	DefaultPodWait     = 5 * time.Second
+	DefaultZtunnelWait = 5 * time.Second
+	// ReadyPath is the readiness endpoint on the health address.
+	ReadyPath = "/healthz/ready"
+)
+
+// Config is the cni-agent's validated configuration. Paths are absolute.
+type Config struct {
+	Node            string
+	AgentSocket     string
+	ZDSSocket       string
+	PodSource       string
+	ClusterState    string
+	CNIBinDir       string
+	CNIConfDir      string
+	PluginBinary    string
+	Capture         string
+	HealthAddr      string
+	LogLevel        slog.Level
+	UninstallOnExit bool
+	PodWait         time.Duration
+	ZtunnelWait     time.Duration
+}
+
+// parseConfig parses args over the environment (getenv) and validates the
+// result. exe is the path of the running executable: the default plugin
+// binary is ambit-cni next to it. Errors name the flag and the fix;
+// flag.ErrHelp is returned for -h.
+func parseConfig(args []string, getenv func(string) string, exe string, usage io.Writer) (Config, error) {
+	env := func(k, def string) string {
+		if v := strings.TrimSpace(getenv(k)); v != "" {
+			return v
+		}
+		return def
+	}
+	fs := flag.NewFlagSet("cni-agent", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	var c Config
+	var logLevel, podWait, ztWait string
+	uninstallDefault, uninstallErr := strconv.ParseBool(env(EnvUninstallOnExit, "false"))
+	fs.StringVar(&c.Node, FlagNode, env(EnvNode, ""), "this node's name (required; env "+EnvNode+")")
+	fs.StringVar(&c.AgentSocket, FlagAgentSocket, env(EnvAgentSocket, agentapi.DefaultSocketPath), "unix socket the ambit-cni plugin dials (env "+EnvAgentSocket+")")
+	fs.StringVar(&c.ZDSSocket, FlagZDSSocket, env(EnvZDSSocket, zds.DefaultSocketPath), "ZDS unix socket ztunnel connects to (env "+EnvZDSSocket+")")
+	fs.StringVar(&c.PodSource, FlagPodSource, env(EnvPodSource, PodSourceLocal), "where pods come from: "+PodSourceLocal+" (env "+EnvPodSource+")")
+	fs.StringVar(&c.ClusterState, FlagClusterState, env(EnvClusterState, ""), "local mode's cluster state file, for --pod-source local (env "+EnvClusterState+")")
+	fs.StringVar(&c.CNIBinDir, FlagCNIBinDir, env(EnvCNIBinDir, install.DefaultBinDir), "CNI plugin binary dir (env "+EnvCNIBinDir+")")
+	fs.StringVar(&c.CNIConfDir, FlagCNIConfDir, env(EnvCNIConfDir, install.DefaultConfDir), "CNI network config dir (env "+EnvCNIConfDir+")")
+	fs.StringVar(&c.PluginBinary, FlagPluginBinary, env(EnvPluginBinary, filepath.Join(filepath.Dir(exe), install.PluginType)), "ambit-cni binary to install (env "+EnvPluginBinary+"; default: next to cni-agent)")
+	fs.StringVar(&c.Capture, FlagCapture, env(EnvCapture, capture.ModeAuto), "capture backend: nftables, iptables or auto (env "+EnvCapture+")")
+	fs.StringVar(&c.HealthAddr, FlagHealthAddr, env(EnvHealthAddr, DefaultHealthAddr), "address serving "+ReadyPath+" (env "+EnvHealthAddr+")")
+	fs.StringVar(&logLevel, FlagLogLevel, env(EnvLogLevel, "info"), "debug, info, warn or error (env "+EnvLogLevel+")")
+	fs.BoolVar(&c.UninstallOnExit, FlagUninstallOnExit, uninstallDefault, "remove ambit-cni from the CNI config on exit, for local mode teardown (env "+EnvUninstallOnExit+")")
+	fs.StringVar(&podWait, FlagPodWait, env(EnvPodWait, DefaultPodWait.String()), "how long an enroll waits for its pod to appear (env "+EnvPodWait+")")
+	fs.StringVar(&ztWait, FlagZtunnelWait, env(EnvZtunnelWait, DefaultZtunnelWait.String()), "how long an enroll waits for ztunnel to connect (env "+EnvZtunnelWait+")")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q: cni-agent takes only flags (see -h)", fs.Arg(0))
+	}
+
+	var errs []error
+	bad := func(flag, env, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("--%s (env %s): %s", flag, env, fmt.Sprintf(format, a...)))
+	}
+	if c.Node == "" {
+		bad(FlagNode, EnvNode, "required: set it to this node's name (Kubernetes: spec.nodeName via the downward API; local mode: the node's name in the topology)")
+	}
+	for _, p := range []struct {
+		flag, env string
+		v         *string
+		optional  bool
+	}{
+		{FlagAgentSocket, EnvAgentSocket, &c.AgentSocket, false},
+		{FlagZDSSocket, EnvZDSSocket, &c.ZDSSocket, false},
+		{FlagCNIBinDir, EnvCNIBinDir, &c.CNIBinDir, false},
+		{FlagCNIConfDir, EnvCNIConfDir, &c.CNIConfDir, false},
+		{FlagPluginBinary, EnvPluginBinary, &c.PluginBinary, false},
+		{FlagClusterState, EnvClusterState, &c.ClusterState, true},
+	} {
+		if *p.v == "" {
+			if !p.optional {
+				bad(p.flag, p.env, "must not be empty")
+			}
+			continue
+		}
+		abs, err := filepath.Abs(*p.v)
+		if err != nil {
+			bad(p.flag, p.env, "%q: %v", *p.v, err)
+			continue
+		}
+		*p.v = abs
+	}
+	switch c.PodSource {
+	case PodSourceLocal:
+		if c.ClusterState == "" {
+			bad(FlagClusterState, EnvClusterState, "required with --%s %s: pass the cluster state file written by `ambitctl local`", FlagPodSource, PodSourceLocal)
+		}
+	case PodSourceKubernetes:
+		bad(FlagPodSource, EnvPodSource, "%q is not implemented yet: use --%s %s with --%s", c.PodSource, FlagPodSource, PodSourceLocal, FlagClusterState)
+	default:
+		bad(FlagPodSource, EnvPodSource, "unknown pod source %q: use %q", c.PodSource, PodSourceLocal)
+	}
+	switch c.Capture {
+	case capture.ModeNFTables, capture.ModeIPTables, capture.ModeAuto:
+	default:
+		bad(FlagCapture, EnvCapture, "unknown capture mode %q: use %s, %s or %s", c.Capture, capture.ModeNFTables, capture.ModeIPTables, capture.ModeAuto)
+	}
+	if _, port, err := net.SplitHostPort(c.HealthAddr); err != nil {
+		bad(FlagHealthAddr, EnvHealthAddr, "%q is not host:port (e.g. %s): %v", c.HealthAddr, DefaultHealthAddr, err)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		bad(FlagHealthAddr, EnvHealthAddr, "%q: port %q is not a number from 0 to 65535", c.HealthAddr, port)
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(strings.ToLower(logLevel))); err != nil {
+		bad(FlagLogLevel, EnvLogLevel, "%q: use debug, info, warn or error", logLevel)
+	}
+	if uninstallErr != nil {
+		bad(FlagUninstallOnExit, EnvUninstallOnExit, "environment value %q is not true or false", getenv(EnvUninstallOnExit))
+	}
+	for _, d := range []struct {
+		flag, env, v string
+		dst          *time.Duration
+	}{{FlagPodWait, EnvPodWait, podWait, &c.PodWait}, {FlagZtunnelWait, EnvZtunnelWait, ztWait, &c.ZtunnelWait}} {
+		v, err := time.ParseDuration(d.v)
+		if err != nil || v <= 0 {
+			bad(d.flag, d.env, "%q is not a positive duration such as 5s", d.v)
+			continue
+		}
+		*d.dst = v
+	}
+	if len(errs) == 0 {
+		if fi, err := os.Stat(c.PluginBinary); err != nil || !fi.Mode().IsRegular() {
+			reason := "not a regular file"
+			if err != nil {
+				reason = err.Error()
+			}
+			bad(FlagPluginBinary, EnvPluginBinary, "%s: build ambit-cni next to cni-agent (go build -o DIR ./cni/cmd/ambit-cni) or pass its path", reason)
+		}
+	}
+	return c, errors.Join(errs...)
+}

@@ -1,0 +1,184 @@
+// Command cni-agent is Ambit's node agent: it installs the ambit-cni plugin
+// into the node's CNI config, serves the plugin on its unix socket, programs
+// capture rules in enrolled pods' network namespaces and hands those pods to
+// ztunnel over ZDS. Flags and environment: see config.go (cni-agent -h).
+//
+// On SIGTERM or SIGINT it stops serving and exits 0. It leaves capture rules
+// in place (pods stay protected across agent restarts) and leaves the plugin
+// installed unless --uninstall-on-exit is set.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ambit-mesh/ambit/cni/agent"
+	"github.com/ambit-mesh/ambit/cni/agentapi"
+	"github.com/ambit-mesh/ambit/cni/capture"
+	"github.com/ambit-mesh/ambit/cni/install"
+	"github.com/ambit-mesh/ambit/pkg/zds"
+)
+
+func main() {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
+	}
+	cfg, err := parseConfig(os.Args[1:], os.Getenv, exe, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cni-agent: invalid configuration:\n%v\n", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("node", cfg.Node)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("cni-agent failed", "err", err)
+		os.Exit(1)
+	}
+	log.Info("cni-agent stopped")
+}
+
+// run serves until ctx ends or a component fails.
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	backend, err := capture.New(cfg.Capture)
+	if err != nil {
+		return fmt.Errorf("--%s %s: %w", FlagCapture, cfg.Capture, err)
+	}
+	src := agent.NewLocalSource(cfg.ClusterState, cfg.Node, 0, log)
+
+	var a *agent.Agent // set below, before the ZDS server serves
+	zsrv, err := zds.NewServer(zds.ServerConfig{
+		Path:     cfg.ZDSSocket,
+		Snapshot: zds.SnapshotFunc(func() []zds.Pod { return a.Snapshot() }),
+		Logger:   log,
+	})
+	if err != nil {
+		return fmt.Errorf("--%s: %w", FlagZDSSocket, err)
+	}
+	defer zsrv.Close()
+
+	inst, err := install.New(install.Config{
+		ConfDir:      cfg.CNIConfDir,
+		BinDir:       cfg.CNIBinDir,
+		PluginBinary: cfg.PluginBinary,
+		Entry:        install.PluginEntry{AgentSocket: cfg.AgentSocket},
+		Logger:       log,
+	})
+	if err != nil {
+		return fmt.Errorf("configuring the plugin installer: %w", err)
+	}
+
+	var zdsServing atomic.Bool
+	a, err = agent.New(agent.Config{
+		Node:        cfg.Node,
+		Source:      src,
+		Capture:     backend,
+		ZDS:         zsrv,
+		PodWait:     cfg.PodWait,
+		ZtunnelWait: cfg.ZtunnelWait,
+		Logger:      log,
+		Ready: func(context.Context) error {
+			if !zdsServing.Load() {
+				return fmt.Errorf("ZDS server on %s not serving yet", cfg.ZDSSocket)
+			}
+			return pluginInstalled(cfg.CNIConfDir, cfg.CNIBinDir)
+		},
+	})
+	if err != nil {
+		return err
+	}
+
+	apiLn, err := agentapi.Listen(cfg.AgentSocket)
+	if err != nil {
+		return fmt.Errorf("--%s: %w", FlagAgentSocket, err)
+	}
+	apiSrv := &http.Server{Handler: agentapi.NewServer(a), ReadHeaderTimeout: 10 * time.Second}
+	healthLn, err := net.Listen("tcp", cfg.HealthAddr)
+	if err != nil {
+		apiLn.Close()
+		return fmt.Errorf("--%s %s: %w: pick a free address", FlagHealthAddr, cfg.HealthAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+ReadyPath, func(w http.ResponseWriter, r *http.Request) {
+		if err := a.Status(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	healthSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	var wg sync.WaitGroup
+	goFn := func(name string, fn func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(); err != nil && ctx.Err() == nil {
+				cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		}()
+	}
+	goFn("pod source", func() error { src.Run(ctx); return nil })
+	goFn("plugin installer", func() error { return inst.Run(ctx) })
+	goFn("agent API server", func() error {
+		if err := apiSrv.Serve(apiLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	goFn("health server", func() error {
+		if err := healthSrv.Serve(healthLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	goFn("agent", func() error {
+		// Discover before ztunnel's first snapshot (see package agent).
+		if err := a.Discover(ctx); err != nil {
+			return err
+		}
+		zdsServing.Store(true)
+		wg.Add(1)
+		go func() { defer wg.Done(); a.Run(ctx) }()
+		return zsrv.Serve(ctx)
+	})
+	log.Info("cni-agent started", "agentSocket", cfg.AgentSocket, "zdsSocket", cfg.ZDSSocket,
+		"capture", backend.Name(), "clusterState", cfg.ClusterState, "health", healthLn.Addr().String())
+
+	<-ctx.Done()
+	shutdownCtx, done := context.WithTimeout(context.Background(), 10*time.Second)
+	defer done()
+	_ = apiSrv.Shutdown(shutdownCtx)
+	_ = healthSrv.Shutdown(shutdownCtx)
+	zsrv.Close()
+	wg.Wait()
+	if cfg.UninstallOnExit {
+		if err := inst.Uninstall(shutdownCtx); err != nil {
+			log.Error("removing ambit-cni from the CNI config", "err", err)
+		} else {
+			log.Info("removed ambit-cni from the CNI config", "dir", cfg.CNIConfDir)
+		}
+	}
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return nil
+}

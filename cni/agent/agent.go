@@ -226,7 +226,7 @@ func (a *Agent) Enroll(ctx context.Context, req agentapi.EnrollRequest) (agentap
 		return agentapi.EnrollResponse{}, fmt.Errorf("enrolling pod %s: %w", pod.Key(), err)
 	}
 	defer unlock()
-	if err := a.captureAndAdd(ctx, pod, req.Netns); err != nil {
+	if err := a.captureAndAdd(ctx, pod, req.Netns, false); err != nil {
 		log.Error("enrolling pod failed; capture rules stay in place (fail closed)", "err", err)
 		return agentapi.EnrollResponse{}, err
 	}
@@ -261,7 +261,11 @@ func (a *Agent) waitForPod(ctx context.Context, req agentapi.EnrollRequest) (Pod
 // captureAndAdd installs the rules in the netns at path, then hands the pod
 // to ztunnel and waits for its ack. The caller holds the pod's lock. On a
 // hand-off failure the rules stay (fail closed) and the pod is untracked.
-func (a *Agent) captureAndAdd(ctx context.Context, pod Pod, path string) error {
+//
+// For the reconciler (lazy), a missing or lost ztunnel is no failure: the
+// pod stays tracked without waiting, and the next ztunnel connection's
+// snapshot carries it. Enroll (not lazy) must know ztunnel has the pod.
+func (a *Agent) captureAndAdd(ctx context.Context, pod Pod, path string, lazy bool) error {
 	ns, err := netns.Open(path)
 	if err != nil {
 		return fmt.Errorf("enrolling pod %s on node %s: %w", pod.Key(), a.cfg.Node, err)
@@ -273,7 +277,14 @@ func (a *Agent) captureAndAdd(ctx context.Context, pod Pod, path string) error {
 	// Tracked before the add, so a ztunnel reconnecting meanwhile gets the
 	// pod in its snapshot (see zds.SnapshotSource).
 	a.track(pod, path)
+	if lazy && !a.cfg.ZDS.Connected() {
+		a.log.Info("ztunnel not connected; the pod goes into its snapshot when it connects", "pod", pod.Name, "namespace", pod.Namespace)
+		return nil
+	}
 	if err := a.handOff(ctx, pod, ns); err != nil {
+		if lazy && (errors.Is(err, zds.ErrNoZtunnel) || errors.Is(err, zds.ErrConnClosed)) {
+			return nil
+		}
 		a.untrack(pod.UID)
 		return err
 	}
@@ -545,7 +556,7 @@ func (a *Agent) reconcileCapture(ctx context.Context, uid string) error {
 	if _, ok := a.lookup(uid); ok {
 		return nil
 	}
-	if err := a.captureAndAdd(ctx, p, p.Netns); err != nil {
+	if err := a.captureAndAdd(ctx, p, p.Netns, true); err != nil {
 		return err
 	}
 	a.log.Info("pod captured by reconcile", "pod", p.Name, "namespace", p.Namespace, "uid", uid)

@@ -1,0 +1,78 @@
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Path is where Handler is served.
+const Path = "/stats/prometheus"
+
+// Metrics are ztunnel's counters in their own registry.
+type Metrics struct {
+	reg      *prometheus.Registry
+	opened   *prometheus.CounterVec
+	closed   *prometheus.CounterVec
+	sent     *prometheus.CounterVec
+	received *prometheus.CounterVec
+}
+
+// New returns Metrics registered in a new registry, with the Go runtime and
+// process collectors.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_opened_total",
+			Help: "The total number of TCP connections opened.",
+		}, LabelNames),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_closed_total",
+			Help: "The total number of TCP connections closed.",
+		}, LabelNames),
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_sent_bytes_total",
+			Help: "The size of total bytes sent during response in case of a TCP connection.",
+		}, LabelNames),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_received_bytes_total",
+			Help: "The size of total bytes received during request in case of a TCP connection.",
+		}, LabelNames),
+	}
+	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Opened counts a connection opened.
+func (m *Metrics) Opened(l Labels) {
+	m.opened.WithLabelValues(l.Values()...).Inc()
+}
+
+// Closed counts a connection closed with the bytes it carried: sent to the
+// client (response) and received from it (request).
+func (m *Metrics) Closed(l Labels, sent, received int64) {
+	v := l.Values()
+	m.closed.WithLabelValues(v...).Inc()
+	if sent > 0 {
+		m.sent.WithLabelValues(v...).Add(float64(sent))
+	} else {
+		m.sent.WithLabelValues(v...)
+	}
+	if received > 0 {
+		m.received.WithLabelValues(v...).Add(float64(received))
+	} else {
+		m.received.WithLabelValues(v...)
+	}
+}
+
+// Registry returns the registry (for tests and extra collectors).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}

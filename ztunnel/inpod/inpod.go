@@ -51,9 +51,9 @@ type Config struct {
 	// OnSnapshot, when set, is called after each ZDS snapshot is processed.
 	OnSnapshot func()
 	// Mark and the ports default to the constants above.
-	Mark                                uint32
+	Mark                                 uint32
 	OutboundPort, InboundPort, HBONEPort int
-	Logger                              *slog.Logger
+	Logger                               *slog.Logger
 }
 
 // Manager runs one proxy per enrolled pod.

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 interop is tested against x/net's http2.Transport and http2.Server on purpose (the brief names them; net/http bundles the same code).
+
 package hbone
 
 import (

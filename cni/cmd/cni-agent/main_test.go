@@ -1,0 +1,338 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ambit-mesh/ambit/cni/capture"
+	"github.com/ambit-mesh/ambit/pkg/enrollment"
+	"github.com/ambit-mesh/ambit/pkg/localcluster"
+	"github.com/ambit-mesh/ambit/pkg/netns"
+	"github.com/ambit-mesh/ambit/pkg/netns/netnstest"
+	"github.com/ambit-mesh/ambit/pkg/zds"
+)
+
+const (
+	prefix   = "ambit-t-cniagent-"
+	testWait = 20 * time.Second
+)
+
+// binDir holds cni-agent and ambit-cni built by TestMain (root only).
+var binDir string
+
+// TestMain builds both binaries into one temp dir (so cni-agent's default
+// --plugin-binary finds ambit-cni next to it), runs the tests and removes
+// the dir and any leftover namespaces named prefix*, as netnstest.Main does.
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	if os.Geteuid() == 0 {
+		deleteNamespaces()
+		dir, err := os.MkdirTemp("", "ambit-cniagent-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		for _, pkg := range []string{".", "../ambit-cni"} {
+			cmd := exec.Command("go", "build", "-o", dir+"/", pkg)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
+				return 1
+			}
+		}
+		binDir = dir
+	}
+	code := m.Run()
+	if os.Geteuid() == 0 {
+		if left := deleteNamespaces(); len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "tests left network namespaces behind (now deleted): %v\n", left)
+			code = max(code, 1)
+		}
+	}
+	return code
+}
+
+func deleteNamespaces() []string {
+	names, _ := netns.List(prefix)
+	for _, n := range names {
+		_ = netns.Delete(n)
+	}
+	return names
+}
+
+// recorder is a zds.Handler standing in for ztunnel.
+type recorder struct{ events chan string }
+
+func (r *recorder) AddPod(_ context.Context, w zds.WorkloadAdd) error {
+	id, err := netns.IDOf(w.Netns)
+	w.Netns.Close()
+	r.events <- fmt.Sprintf("add %s %d %v", w.UID, id.Ino, err)
+	return err
+}
+func (r *recorder) KeepPod(_ context.Context, uid string) error {
+	r.events <- "keep " + uid
+	return nil
+}
+func (r *recorder) DelPod(_ context.Context, uid string) error { r.events <- "del " + uid; return nil }
+func (r *recorder) SnapshotDone(_ context.Context, uids []string) error {
+	r.events <- "snapshot " + strings.Join(uids, ",")
+	return nil
+}
+
+func (r *recorder) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case e := <-r.events:
+		return e
+	case <-time.After(testWait):
+		t.Fatal("timed out waiting for the fake ztunnel to get a request")
+		return ""
+	}
+}
+
+// syncBuffer collects a process's output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestBinary(t *testing.T) {
+	netnstest.RequireRoot(t)
+	backend, err := capture.New(capture.ModeNFTables)
+	if err != nil {
+		netnstest.SkipOrFail(t, "nftables: %v", err)
+	}
+	base, err := os.MkdirTemp("", "ambit-ca-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	var (
+		confDir   = filepath.Join(base, "net.d")
+		cniBinDir = filepath.Join(base, "bin")
+		state     = filepath.Join(base, "cluster.json")
+		agentSock = filepath.Join(base, "agent.sock")
+		zdsSock   = filepath.Join(base, "zt.sock")
+		health    = freePort(t)
+	)
+	if err := os.MkdirAll(confDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conflist := filepath.Join(confDir, "10-test.conflist")
+	if err := os.WriteFile(conflist, []byte(`{"cniVersion":"1.0.0","name":"testnet","plugins":[{"type":"noop-primary"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	netnstest.New(t, prefix+"a")
+	netnstest.New(t, prefix+"b")
+	pod := func(name string) localcluster.Pod {
+		return localcluster.Pod{UID: "uid-" + name, Name: name, Namespace: "mesh", Node: "node-a", ServiceAccount: "sa", Netns: netns.Path(prefix + name)}
+	}
+	podA, podB := pod("a"), pod("b")
+	if err := localcluster.Write(state, &localcluster.State{
+		Generation: 1,
+		Namespaces: []localcluster.Namespace{{Name: "mesh", Labels: map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeAmbient}}},
+		Pods:       []localcluster.Pod{podA, podB},
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	var out syncBuffer
+	agent := exec.Command(filepath.Join(binDir, "cni-agent"),
+		"--node", "node-a", "--agent-socket", agentSock, "--zds-socket", zdsSock,
+		"--pod-source", "local", "--cluster-state", state, "--cni-bin-dir", cniBinDir, "--cni-conf-dir", confDir,
+		"--capture", "nftables", "--health-addr", health, "--log-level", "debug", "--ztunnel-wait", "500ms")
+	agent.Stdout, agent.Stderr = &out, &out
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- agent.Wait() }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = agent.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("cni-agent output:\n%s", out.String())
+		}
+	})
+
+	// Ready: plugin installed and ZDS serving.
+	deadline := time.Now().Add(testWait)
+	for {
+		resp, err := http.Get("http://" + health + ReadyPath)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-exited:
+			stopped = true
+			t.Fatalf("cni-agent exited before ready: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cni-agent not ready within %s (last: %v)", testWait, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The conflist got ambit-cni appended, pointing at our socket, and the
+	// binary was copied.
+	var conf struct {
+		CNIVersion string            `json:"cniVersion"`
+		Name       string            `json:"name"`
+		Plugins    []json.RawMessage `json:"plugins"`
+	}
+	data, err := os.ReadFile(conflist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &conf); err != nil || len(conf.Plugins) != 2 {
+		t.Fatalf("conflist %s: %v", data, err)
+	}
+	var entry map[string]any
+	if err := json.Unmarshal(conf.Plugins[1], &entry); err != nil || entry["type"] != "ambit-cni" || entry["agent_socket"] != agentSock {
+		t.Fatalf("last plugin %s, want ambit-cni with agent_socket %s", conf.Plugins[1], agentSock)
+	}
+	built, _ := os.ReadFile(filepath.Join(binDir, "ambit-cni"))
+	copied, err := os.ReadFile(filepath.Join(cniBinDir, "ambit-cni"))
+	if err != nil || !bytes.Equal(built, copied) {
+		t.Fatalf("ambit-cni not copied into %s: %v", cniBinDir, err)
+	}
+
+	// cniAdd runs the installed plugin as a runtime would, with the entry
+	// from the conflist and a prevResult.
+	cniAdd := func(p localcluster.Pod) (string, error) {
+		entry["cniVersion"] = conf.CNIVersion
+		entry["name"] = conf.Name
+		entry["prevResult"] = map[string]any{
+			"cniVersion": conf.CNIVersion,
+			"interfaces": []any{map[string]any{"name": "eth0", "sandbox": p.Netns}},
+			"ips":        []any{map[string]any{"address": "10.88.0.5/16", "interface": 0}},
+		}
+		stdin, _ := json.Marshal(entry)
+		cmd := exec.Command(filepath.Join(cniBinDir, "ambit-cni"))
+		cmd.Env = []string{
+			"CNI_COMMAND=ADD", "CNI_CONTAINERID=c-" + p.Name, "CNI_NETNS=" + p.Netns, "CNI_IFNAME=eth0",
+			"CNI_PATH=" + cniBinDir,
+			"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + p.Namespace + ";K8S_POD_NAME=" + p.Name + ";K8S_POD_UID=" + p.UID,
+		}
+		cmd.Stdin = bytes.NewReader(stdin)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		return stdout.String() + stderr.String(), err
+	}
+	verify := func(p localcluster.Pod) error {
+		ns, err := netns.Open(p.Netns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.Close()
+		return backend.Verify(context.Background(), ns, capture.Config{})
+	}
+
+	// No ztunnel connected: ADD fails, saying why and what to do.
+	res, err := cniAdd(podB)
+	if err == nil {
+		t.Fatalf("ADD without ztunnel succeeded: %s", res)
+	}
+	for _, want := range []string{"ztunnel not connected to the agent on node node-a", "is the ztunnel DaemonSet running"} {
+		if !strings.Contains(res, want) {
+			t.Errorf("ADD error %q does not say %q", res, want)
+		}
+	}
+
+	// A ztunnel connects: ADD succeeds once rules are in place and it acked.
+	rec := &recorder{events: make(chan string, 100)}
+	client, err := zds.NewClient(zds.ClientConfig{Path: zdsSock, Handler: rec, MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, ccancel := context.WithCancel(context.Background())
+	cdone := make(chan struct{})
+	go func() { defer close(cdone); _ = client.Run(cctx) }()
+	t.Cleanup(func() { ccancel(); <-cdone })
+	if ev := rec.next(t); ev != "snapshot " {
+		t.Fatalf("fake ztunnel got %q, want an empty snapshot", ev)
+	}
+	res, err = cniAdd(podA)
+	if err != nil {
+		t.Fatalf("ADD: %v: %s", err, res)
+	}
+	if !strings.Contains(res, "10.88.0.5/16") {
+		t.Errorf("ADD printed %q, want the prevResult", res)
+	}
+	id, err := netns.IDOfPath(podA.Netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, want := rec.next(t), "add uid-a "+strconv.FormatUint(id.Ino, 10)+" <nil>"; ev != want {
+		t.Errorf("fake ztunnel got %q, want %q", ev, want)
+	}
+	if err := verify(podA); err != nil {
+		t.Errorf("capture rules of pod a: %v", err)
+	}
+
+	// SIGTERM: exits 0 and leaves the pod's rules in place.
+	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		stopped = true
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Errorf("cni-agent exited with %v after SIGTERM, want 0", err)
+		}
+	case <-time.After(testWait):
+		t.Fatal("cni-agent did not exit after SIGTERM")
+	}
+	if err := verify(podA); err != nil {
+		t.Errorf("capture rules of pod a after the agent stopped: %v", err)
+	}
+	if _, err := os.Stat(agentSock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("agent socket left behind: %v", err)
+	}
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/ambit-mesh/ambit/pkg/spiffe"
+	"github.com/ambit-mesh/ambit/pkg/zds"
+	"github.com/ambit-mesh/ambit/ztunnel/identity"
+)
+
+// Flag names. Each flag may also be set by the environment variable
+// EnvPrefix + upper-cased name with '-' as '_' (e.g. AMBIT_NODE); a flag on
+// the command line wins over the environment.
+const (
+	EnvPrefix = "AMBIT_"
+
+	FlagNode          = "node"
+	FlagTrustDomain   = "trust-domain"
+	FlagZDSSocket     = "zds-socket"
+	FlagCAAddr        = "ca-addr"
+	FlagCARoot        = "ca-root"
+	FlagCAServerName  = "ca-server-name"
+	FlagTokenFile     = "token-file"
+	FlagLocalConfig   = "local-config"
+	FlagCertTTL       = "cert-ttl"
+	FlagMetricsAddr   = "metrics-addr"
+	FlagReadinessAddr = "readiness-addr"
+	FlagAdminAddr     = "admin-addr"
+	FlagLogLevel      = "log-level"
+)
+
+// Defaults.
+const (
+	DefaultTrustDomain   = "cluster.local"
+	DefaultCAServerName  = "istiod.istio-system.svc"
+	DefaultMetricsAddr   = ":15020"
+	DefaultReadinessAddr = ":15021"
+	DefaultAdminAddr     = "127.0.0.1:15000"
+)
+
+// Config is ztunnel's validated configuration.
+type Config struct {
+	// Node is the Kubernetes node this ztunnel serves.
+	Node        string
+	TrustDomain string
+	ZDSSocket   string
+	// CAAddr is the CA's host:port (istiod 15012); CAServerName is verified
+	// against its serving certificate.
+	CAAddr       string
+	CAServerName string
+	// CARoot is a PEM file: the roots that verify the CA's serving
+	// certificate, and part of the trust bundle for HBONE peers.
+	CARoot string
+	// TokenFile holds the bearer token presented to the CA (re-read per
+	// request).
+	TokenFile string
+	// LocalConfig is the mesh state file (workloads, services, policies).
+	LocalConfig   string
+	CertTTL       time.Duration
+	MetricsAddr   string
+	ReadinessAddr string
+	AdminAddr     string
+	LogLevel      slog.Level
+}
+
+// EnvName returns the environment variable for a flag.
+func EnvName(flagName string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig parses args (without the program name) over the environment
+// read by getenv, and validates the result. It returns flag.ErrHelp for
+// -h/--help after printing usage to out.
+func parseConfig(args []string, getenv func(string) string, out io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
+	fs.SetOutput(out)
+	str := func(name, def, usage string) *string {
+		if v := getenv(EnvName(name)); v != "" {
+			def = v
+		}
+		return fs.String(name, def, usage+" (env "+EnvName(name)+")")
+	}
+	var (
+		node          = str(FlagNode, "", "name of the node this ztunnel serves (required)")
+		td            = str(FlagTrustDomain, DefaultTrustDomain, "SPIFFE trust domain of workload identities")
+		zdsSocket     = str(FlagZDSSocket, zds.DefaultSocketPath, "unix socket of the node agent's ZDS server")
+		caAddr        = str(FlagCAAddr, "", "host:port of the CA (istiod's 15012) (required)")
+		caRoot        = str(FlagCARoot, "", "PEM file with the root certificate(s) that verify the CA and HBONE peers (required)")
+		caServerName  = str(FlagCAServerName, DefaultCAServerName, "name verified in the CA's serving certificate")
+		tokenFile     = str(FlagTokenFile, "", "file with the bearer token for the CA, re-read on every request (required)")
+		localConfig   = str(FlagLocalConfig, "", "YAML file with the mesh state (workloads, services, policies), reloaded on change (required until xDS)")
+		certTTL       = str(FlagCertTTL, identity.DefaultCertTTL.String(), "lifetime requested for workload certificates")
+		metricsAddr   = str(FlagMetricsAddr, DefaultMetricsAddr, "listen address of /stats/prometheus")
+		readinessAddr = str(FlagReadinessAddr, DefaultReadinessAddr, "listen address of /healthz/ready")
+		adminAddr     = str(FlagAdminAddr, DefaultAdminAddr, "listen address of /config_dump and /debug/pprof/ (loopback only)")
+		logLevel      = str(FlagLogLevel, "info", "log level: debug, info, warn, error")
+	)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q; ztunnel takes only flags", fs.Arg(0))
+	}
+	cfg := Config{
+		Node: *node, TrustDomain: *td, ZDSSocket: *zdsSocket, CAAddr: *caAddr, CARoot: *caRoot,
+		CAServerName: *caServerName, TokenFile: *tokenFile, LocalConfig: *localConfig,
+		MetricsAddr: *metricsAddr, ReadinessAddr: *readinessAddr, AdminAddr: *adminAddr,
+	}
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("--%s (%s): %s", name, EnvName(name), fmt.Sprintf(format, args...)))
+	}
+	required := func(name, v, why string) {
+		if strings.TrimSpace(v) == "" {
+			bad(name, "required: %s", why)
+		}
+	}
+	required(FlagNode, cfg.Node, "set it to the node's name (e.g. from the downward API spec.nodeName)")
+	if err := spiffe.ValidateTrustDomain(cfg.TrustDomain); err != nil {
+		bad(FlagTrustDomain, "%v", err)
+	}
+	required(FlagZDSSocket, cfg.ZDSSocket, "the node agent's socket, default "+zds.DefaultSocketPath)
+	required(FlagCAAddr, cfg.CAAddr, "the CA's host:port, e.g. istiod.istio-system.svc:15012")
+	if cfg.CAAddr != "" {
+		if _, _, err := net.SplitHostPort(cfg.CAAddr); err != nil {
+			bad(FlagCAAddr, "%q is not host:port (e.g. 172.30.0.1:15012)", cfg.CAAddr)
+		}
+	}
+	required(FlagCARoot, cfg.CARoot, "the PEM root certificate that signed the CA's serving certificate and workload certificates")
+	required(FlagCAServerName, cfg.CAServerName, "the DNS name in the CA's serving certificate, default "+DefaultCAServerName)
+	required(FlagTokenFile, cfg.TokenFile, "the file with ztunnel's bearer token for the CA")
+	required(FlagLocalConfig, cfg.LocalConfig, "until ztunnel reads workload xDS, the mesh state comes from this file")
+	if d, err := time.ParseDuration(*certTTL); err != nil || d <= 0 {
+		bad(FlagCertTTL, "%q is not a positive duration (e.g. 24h, 90m)", *certTTL)
+	} else {
+		cfg.CertTTL = d
+	}
+	for _, a := range []struct{ name, v string }{{FlagMetricsAddr, cfg.MetricsAddr}, {FlagReadinessAddr, cfg.ReadinessAddr}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			bad(a.name, "%q is not host:port (e.g. :15020)", a.v)
+		}
+	}
+	if host, _, err := net.SplitHostPort(cfg.AdminAddr); err != nil {
+		bad(FlagAdminAddr, "%q is not host:port (e.g. %s)", cfg.AdminAddr, DefaultAdminAddr)
+	} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		bad(FlagAdminAddr, "%q is not a loopback address; the admin endpoint shows the whole state, bind it to 127.0.0.1 or ::1", cfg.AdminAddr)
+	}
+	if err := cfg.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		bad(FlagLogLevel, "%q is not one of debug, info, warn, error", *logLevel)
+	}
+	if len(errs) > 0 {
+		return Config{}, fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
+	}
+	return cfg, nil
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ambit-mesh/ambit/pkg/zds"
+)
+
+var localArgs = []string{
+	"--node", "node-a", "--zds-socket", "S/nodes/node-a/ztunnel.sock", "--ca-addr", "172.30.0.1:15012",
+	"--ca-root", "S/root-cert.pem", "--token-file", "S/nodes/node-a/token", "--local-config", "S/ztunnel-config.yaml",
+}
+
+func noEnv(string) string { return "" }
+
+func TestParseConfigLocalMode(t *testing.T) {
+	cfg, err := parseConfig(localArgs, noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Node: "node-a", TrustDomain: "cluster.local", ZDSSocket: "S/nodes/node-a/ztunnel.sock",
+		CAAddr: "172.30.0.1:15012", CAServerName: "istiod.istio-system.svc", CARoot: "S/root-cert.pem",
+		TokenFile: "S/nodes/node-a/token", LocalConfig: "S/ztunnel-config.yaml", CertTTL: 24 * time.Hour,
+		MetricsAddr: ":15020", ReadinessAddr: ":15021", AdminAddr: "127.0.0.1:15000", LogLevel: slog.LevelInfo,
+	}
+	if cfg != want {
+		t.Errorf("got  %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestParseConfigEnvAndDefaults(t *testing.T) {
+	env := map[string]string{
+		"AMBIT_NODE": "node-b", "AMBIT_CA_ADDR": "10.0.0.1:15012", "AMBIT_CA_ROOT": "/r.pem",
+		"AMBIT_TOKEN_FILE": "/t", "AMBIT_LOCAL_CONFIG": "/c.yaml", "AMBIT_CERT_TTL": "1h",
+		"AMBIT_LOG_LEVEL": "debug", "AMBIT_TRUST_DOMAIN": "example.org",
+	}
+	cfg, err := parseConfig([]string{"--node", "flag-wins"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Node != "flag-wins" || cfg.CAAddr != "10.0.0.1:15012" || cfg.CertTTL != time.Hour ||
+		cfg.LogLevel != slog.LevelDebug || cfg.TrustDomain != "example.org" || cfg.ZDSSocket != zds.DefaultSocketPath {
+		t.Errorf("%+v", cfg)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"nothing", nil, []string{
+			"--node (AMBIT_NODE): required", "--ca-addr (AMBIT_CA_ADDR): required", "--ca-root (AMBIT_CA_ROOT): required",
+			"--token-file (AMBIT_TOKEN_FILE): required", "--local-config (AMBIT_LOCAL_CONFIG): required",
+		}},
+		{"bad values", append(append([]string{}, localArgs...), "--ca-addr", "nohost", "--cert-ttl", "-1h",
+			"--admin-addr", "0.0.0.0:15000", "--metrics-addr", "15020", "--log-level", "loud", "--trust-domain", "Bad/TD"),
+			[]string{
+				`--ca-addr (AMBIT_CA_ADDR): "nohost" is not host:port`,
+				`--cert-ttl (AMBIT_CERT_TTL): "-1h" is not a positive duration`,
+				`--admin-addr (AMBIT_ADMIN_ADDR): "0.0.0.0:15000" is not a loopback address`,
+				`--metrics-addr (AMBIT_METRICS_ADDR): "15020" is not host:port`,
+				`--log-level (AMBIT_LOG_LEVEL): "loud"`,
+				`--trust-domain (AMBIT_TRUST_DOMAIN)`,
+			}},
+		{"positional", append(append([]string{}, localArgs...), "extra"), []string{`unexpected argument "extra"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseConfig(tt.args, noEnv, io.Discard)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+	if _, err := parseConfig([]string{"-h"}, noEnv, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+	if _, err := parseConfig(append(append([]string{}, localArgs...), "--admin-addr", "[::1]:15000"), noEnv, io.Discard); err != nil {
+		t.Errorf("::1 admin: %v", err)
+	}
+}

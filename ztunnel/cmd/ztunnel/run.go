@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/ambit-mesh/ambit/pkg/spiffe"
+	"github.com/ambit-mesh/ambit/pkg/zds"
+	"github.com/ambit-mesh/ambit/ztunnel/admin"
+	"github.com/ambit-mesh/ambit/ztunnel/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/inpod"
+	"github.com/ambit-mesh/ambit/ztunnel/metrics"
+	"github.com/ambit-mesh/ambit/ztunnel/proxy"
+	"github.com/ambit-mesh/ambit/ztunnel/state"
+)
+
+// addrs are where the HTTP endpoints listen, reported to run's ready hook.
+type addrs struct {
+	Metrics, Readiness, Admin net.Addr
+}
+
+// run serves until ctx ends, then stops every pod proxy and endpoint and
+// returns nil. ready, if not nil, is called once the endpoints listen.
+func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	fileRoots, err := loadRoots(cfg.CARoot)
+	if err != nil {
+		return err
+	}
+	store := state.New(state.Options{TrustDomain: cfg.TrustDomain, Logger: log})
+	readiness := admin.NewReadiness(admin.CondState, admin.CondCA, admin.CondZDS)
+	met := metrics.New()
+
+	ca, err := identity.NewCAClient(identity.CAClientOptions{
+		Address: cfg.CAAddr, ServerName: cfg.CAServerName, RootCAFile: cfg.CARoot,
+		Token: identity.FileToken(cfg.TokenFile), CertTTL: cfg.CertTTL,
+	})
+	if err != nil {
+		return fmt.Errorf("CA client for %s: %w", cfg.CAAddr, err)
+	}
+	defer ca.Close()
+	certs, err := identity.New(ctx, identity.Options{Source: ca, Logger: log})
+	if err != nil {
+		return fmt.Errorf("certificate manager: %w", err)
+	}
+	defer certs.Close()
+	readiness.Set(admin.CondCA, nil)
+	var fetchedOnce sync.Once
+	prefetch := func(id spiffe.ID) {
+		fctx, fcancel := context.WithTimeout(ctx, identity.DefaultFetchTimeout)
+		defer fcancel()
+		if _, err := certs.GetCertificate(fctx, id); err != nil {
+			if ctx.Err() == nil {
+				log.Warn("fetching a pod's certificate failed", "identity", id.String(), "error", err)
+				readiness.Set(admin.CondCA, fmt.Errorf("no certificate from CA %s yet: %w", cfg.CAAddr, err))
+			}
+			return
+		}
+		fetchedOnce.Do(func() { log.Info("CA reachable: first certificate fetched", "identity", id.String()) })
+		readiness.Set(admin.CondCA, nil)
+	}
+
+	pods := inpod.New(inpod.Config{
+		Proxy: proxy.Config{
+			Node: cfg.Node, TrustDomain: cfg.TrustDomain, State: store, Certs: certs,
+			TrustBundle: trustBundle(fileRoots, certs.Roots), Metrics: met, Logger: log,
+		},
+		Store:      store,
+		Identities: certs,
+		Prefetch:   prefetch,
+		OnSnapshot: func() { readiness.Set(admin.CondZDS, nil) },
+		Logger:     log,
+	})
+	readiness.Set(admin.CondZDS, errors.New("ZDS snapshot from the node agent at "+cfg.ZDSSocket+" not processed yet"))
+	readiness.Set(admin.CondState, errors.New("local config "+cfg.LocalConfig+" not loaded yet"))
+	zc, err := zds.NewClient(zds.ClientConfig{Path: cfg.ZDSSocket, Handler: pods, Logger: log})
+	if err != nil {
+		return fmt.Errorf("ZDS client: %w", err)
+	}
+
+	type endpoint struct {
+		name, addr string
+		h          http.Handler
+	}
+	eps := []endpoint{
+		{"metrics", cfg.MetricsAddr, metricsMux(met)},
+		{"readiness", cfg.ReadinessAddr, admin.ReadinessHandler(readiness)},
+		{"admin", cfg.AdminAddr, admin.Handler(admin.Sources{
+			State: store.Dump, Certificates: certs.Certificates, Pods: pods.Pods,
+			Info: map[string]string{"node": cfg.Node, "trustDomain": cfg.TrustDomain, "caAddr": cfg.CAAddr, "localConfig": cfg.LocalConfig},
+		})},
+	}
+	var servers []*http.Server
+	var bound []net.Addr
+	for _, ep := range eps {
+		ln, err := net.Listen("tcp", ep.addr)
+		if err != nil {
+			for _, s := range servers {
+				s.Close()
+			}
+			return fmt.Errorf("listening for %s on %s: %w", ep.name, ep.addr, err)
+		}
+		srv := &http.Server{Handler: ep.h, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		bound = append(bound, ln.Addr())
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("endpoint stopped", "endpoint", ep.name, "error", err)
+			}
+		}()
+	}
+
+	var wg sync.WaitGroup
+	var loaded sync.Once
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		_ = state.Watch(ctx, cfg.LocalConfig, store, state.WatchOptions{Logger: log, Reloaded: func(err error) {
+			if err == nil {
+				loaded.Do(func() { readiness.Set(admin.CondState, nil) })
+				return
+			}
+			if store.Load().Version() == 0 {
+				readiness.Set(admin.CondState, err)
+			}
+		}})
+	}()
+	go func() { defer wg.Done(); pods.Run(ctx) }()
+	go func() { defer wg.Done(); _ = zc.Run(ctx) }()
+	log.Info("ztunnel started", "zds_socket", cfg.ZDSSocket, "ca", cfg.CAAddr, "local_config", cfg.LocalConfig,
+		"metrics", bound[0].String(), "readiness", bound[1].String(), "admin", bound[2].String())
+	if ready != nil {
+		ready(addrs{Metrics: bound[0], Readiness: bound[1], Admin: bound[2]})
+	}
+
+	<-ctx.Done()
+	wg.Wait()
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
+	}
+	log.Info("ztunnel stopped")
+	return nil
+}
+
+func metricsMux(m *metrics.Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(metrics.Path, m.Handler())
+	return mux
+}
+
+// loadRoots reads the --ca-root PEM file.
+func loadRoots(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading --%s: %w", FlagCARoot, err)
+	}
+	var certs []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("--%s %s: parsing a certificate: %w", FlagCARoot, path, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("--%s %s: no PEM certificate in the file; point it at the mesh root (root-cert.pem)", FlagCARoot, path)
+	}
+	return certs, nil
+}
+
+// trustBundle returns the HBONE trust bundle: the --ca-root certificates
+// plus the roots of the certificates the manager holds. The union is
+// rebuilt only when the manager's pool changes.
+func trustBundle(file []*x509.Certificate, managerRoots func() *x509.CertPool) func() *x509.CertPool {
+	var (
+		mu       sync.Mutex
+		lastBase *x509.CertPool
+		union    *x509.CertPool
+	)
+	return func() *x509.CertPool {
+		base := managerRoots()
+		mu.Lock()
+		defer mu.Unlock()
+		if union != nil && base == lastBase {
+			return union
+		}
+		var p *x509.CertPool
+		if base != nil {
+			p = base.Clone()
+		} else {
+			p = x509.NewCertPool()
+		}
+		for _, c := range file {
+			p.AddCert(c)
+		}
+		lastBase, union = base, p
+		return union
+	}
+}

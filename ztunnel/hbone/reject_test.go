@@ -1,4 +1,4 @@
-//lint:file-ignore SA1019 interop is tested against x/net's http2.Transport and http2.Server on purpose (the brief names them; net/http bundles the same code).
+//lint:file-ignore SA1019 deliberately tests interop with x/net's http2.Transport and http2.Server (the code net/http bundles).
 
 package hbone
 

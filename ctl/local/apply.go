@@ -1,0 +1,284 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+
+	"github.com/ambit-mesh/ambit/ctl/local/topology"
+	"github.com/ambit-mesh/ambit/pkg/localcluster"
+)
+
+// openSession loads the running mesh's topology and process table.
+func (e *Engine) openSession() (*session, error) {
+	b, err := os.ReadFile(e.Paths.Topology())
+	if os.IsNotExist(err) {
+		return nil, fmt.Errorf("%w in %s: run `ambitctl local up -f FILE` first", ErrNotRunning, e.Paths.Dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	t, err := topology.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", e.Paths.Topology(), err)
+	}
+	procs, err := loadProcs(e.Paths.Procs())
+	if err != nil {
+		return nil, err
+	}
+	return &session{e: e, topo: t, procs: procs, reaped: map[int]<-chan struct{}{}}, nil
+}
+
+// Merge returns cur with the fragment's objects added or replaced (by
+// namespace/name; policies by kind/namespace/name). Nodes in the fragment
+// must already exist: nodes cannot change while the mesh runs.
+func Merge(cur, frag *topology.Topology) (*topology.Topology, error) {
+	if frag.TrustDomain != "" && frag.TrustDomain != cur.TrustDomain {
+		return nil, fmt.Errorf("%w: trustDomain %q differs from the running mesh's %q; it cannot change while running", topology.ErrInvalid, frag.TrustDomain, cur.TrustDomain)
+	}
+	for _, n := range frag.Nodes {
+		if cur.NodeIndex(n.Name) < 0 {
+			return nil, fmt.Errorf("%w: node %q is not in the running mesh; nodes cannot be added while running (down, edit, up)", topology.ErrInvalid, n.Name)
+		}
+	}
+	m := clone(cur)
+	for _, ns := range frag.Namespaces {
+		replaced := false
+		for i := range m.Namespaces {
+			if m.Namespaces[i].Name == ns.Name {
+				m.Namespaces[i], replaced = ns, true
+			}
+		}
+		if !replaced {
+			m.Namespaces = append(m.Namespaces, ns)
+		}
+	}
+	for _, p := range frag.Pods {
+		replaced := false
+		for i := range m.Pods {
+			if m.Pods[i].Key() == p.Key() {
+				m.Pods[i], replaced = p, true
+			}
+		}
+		if !replaced {
+			m.Pods = append(m.Pods, p)
+		}
+	}
+	for _, s := range frag.Services {
+		replaced := false
+		for i := range m.Services {
+			if m.Services[i].Namespace == s.Namespace && m.Services[i].Name == s.Name {
+				m.Services[i], replaced = s, true
+			}
+		}
+		if !replaced {
+			m.Services = append(m.Services, s)
+		}
+	}
+	for _, pol := range frag.Policies {
+		replaced := false
+		for i := range m.Policies {
+			if PolicyKey(m.Policies[i]) == PolicyKey(pol) {
+				m.Policies[i], replaced = pol, true
+			}
+		}
+		if !replaced {
+			m.Policies = append(m.Policies, pol)
+		}
+	}
+	return m, nil
+}
+
+// Remove returns cur without the fragment's objects. Removing a namespace
+// removes its pods, services and policies too. Nodes cannot be removed.
+func Remove(cur, frag *topology.Topology) (*topology.Topology, error) {
+	if len(frag.Nodes) > 0 {
+		return nil, fmt.Errorf("%w: nodes cannot be deleted while running (down, edit, up)", topology.ErrInvalid)
+	}
+	gone := map[string]bool{}
+	for _, ns := range frag.Namespaces {
+		gone["ns/"+ns.Name] = true
+	}
+	for _, p := range frag.Pods {
+		gone["pod/"+p.Key()] = true
+	}
+	for _, s := range frag.Services {
+		gone["svc/"+s.Namespace+"/"+s.Name] = true
+	}
+	for _, pol := range frag.Policies {
+		gone["pol/"+PolicyKey(pol)] = true
+	}
+	m := clone(cur)
+	m.Namespaces = m.Namespaces[:0]
+	for _, ns := range cur.Namespaces {
+		if !gone["ns/"+ns.Name] {
+			m.Namespaces = append(m.Namespaces, ns)
+		}
+	}
+	m.Pods = m.Pods[:0]
+	for _, p := range cur.Pods {
+		if !gone["pod/"+p.Key()] && !gone["ns/"+p.Namespace] {
+			m.Pods = append(m.Pods, p)
+		}
+	}
+	m.Services = m.Services[:0]
+	for _, s := range cur.Services {
+		if !gone["svc/"+s.Namespace+"/"+s.Name] && !gone["ns/"+s.Namespace] {
+			m.Services = append(m.Services, s)
+		}
+	}
+	m.Policies = m.Policies[:0]
+	for _, pol := range cur.Policies {
+		p, _ := decodePolicy(pol)
+		if !gone["pol/"+PolicyKey(pol)] && (p == nil || !gone["ns/"+p.Metadata.Namespace]) {
+			m.Policies = append(m.Policies, pol)
+		}
+	}
+	return m, nil
+}
+
+func clone(t *topology.Topology) *topology.Topology {
+	c := *t
+	c.Nodes = append([]topology.Node(nil), t.Nodes...)
+	c.Namespaces = append([]topology.Namespace(nil), t.Namespaces...)
+	c.Pods = append([]topology.Pod(nil), t.Pods...)
+	c.Services = append([]topology.Service(nil), t.Services...)
+	c.Policies = append([]map[string]any(nil), t.Policies...)
+	return &c
+}
+
+// Apply adds or changes the fragment's namespaces, pods, services and
+// policies in the running mesh. The merged topology is validated (policies
+// included) before anything changes.
+func (e *Engine) Apply(ctx context.Context, fragFile string) error {
+	return e.change(ctx, fragFile, Merge)
+}
+
+// Delete removes the fragment's objects from the running mesh.
+func (e *Engine) Delete(ctx context.Context, fragFile string) error {
+	return e.change(ctx, fragFile, Remove)
+}
+
+func (e *Engine) change(ctx context.Context, fragFile string, op func(cur, frag *topology.Topology) (*topology.Topology, error)) error {
+	if err := RequirePrivileges(); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(fragFile)
+	if err != nil {
+		return err
+	}
+	frag, err := topology.ParseFragment(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", fragFile, err)
+	}
+	unlock, err := e.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s, err := e.openSession()
+	if err != nil {
+		return err
+	}
+	next, err := op(s.topo, frag)
+	if err != nil {
+		return err
+	}
+	if err := next.Validate(); err != nil {
+		return fmt.Errorf("%s: the result would be invalid, nothing applied:\n%w", fragFile, err)
+	}
+	if err := checkNames(next); err != nil {
+		return err
+	}
+	cs, err := s.loadState()
+	if err != nil {
+		return err
+	}
+	if _, err := ZtunnelConfig(next, cs); err != nil {
+		return fmt.Errorf("%s: nothing applied: %w", fragFile, err)
+	}
+	for _, p := range next.Pods {
+		if len(p.Run) > 0 {
+			if _, err := e.FindBinary(p.Run[0]); err != nil {
+				return fmt.Errorf("pod %s: %w; nothing applied", p.Key(), err)
+			}
+		}
+	}
+
+	prev := map[string]topology.Pod{}
+	for _, p := range s.topo.Pods {
+		prev[p.Key()] = p
+	}
+	want := map[string]topology.Pod{}
+	for _, p := range next.Pods {
+		want[p.Key()] = p
+	}
+	var remove, add []string
+	for k, p := range prev {
+		w, ok := want[k]
+		switch {
+		case !ok:
+			remove = append(remove, k)
+		case w.Node != p.Node || w.ServiceAccount != p.ServiceAccount || !reflect.DeepEqual(w.Run, p.Run):
+			remove = append(remove, k)
+			add = append(add, k)
+		}
+	}
+	for _, p := range next.Pods {
+		if _, ok := prev[p.Key()]; !ok {
+			add = append(add, p.Key())
+		}
+	}
+
+	// Pods to remove go first, under the old topology.
+	for _, k := range remove {
+		if err := s.delPod(ctx, k); err != nil {
+			return err
+		}
+	}
+	// Then labels, services and policies: write the new topology and state.
+	s.topo = next
+	if err := s.writeTopology(); err != nil {
+		return err
+	}
+	if cs, err = s.loadState(); err != nil {
+		return err
+	}
+	syncLabels(cs, next)
+	if err := s.writeState(cs); err != nil {
+		return err
+	}
+	var errs []error
+	for _, k := range add {
+		if err := s.addPod(ctx, want[k]); err != nil {
+			if !errors.Is(err, errCNI) {
+				return fmt.Errorf("pod %s: %w", k, err)
+			}
+			e.progress("pod %s: %v", k, err)
+			errs = append(errs, fmt.Errorf("pod %s: %w", k, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	e.progress("applied %s: %d pods added, %d removed; %d pods, %d services, %d policies now", fragFile, len(add), len(remove), len(next.Pods), len(next.Services), len(next.Policies))
+	return nil
+}
+
+// syncLabels copies namespaces and pod labels from the topology into the
+// cluster state, where the agents reconcile capture from them.
+func syncLabels(cs *localcluster.State, t *topology.Topology) {
+	cs.Namespaces = cs.Namespaces[:0]
+	for _, ns := range t.Namespaces {
+		cs.Namespaces = append(cs.Namespaces, localcluster.Namespace{Name: ns.Name, Labels: ns.Labels})
+	}
+	for i := range cs.Pods {
+		for _, p := range t.Pods {
+			if p.Key() == cs.Pods[i].Key() {
+				cs.Pods[i].Labels = p.Labels
+			}
+		}
+	}
+}

@@ -1,0 +1,514 @@
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/ambit-mesh/ambit/cni/agentapi"
+	"github.com/ambit-mesh/ambit/ctl/local/topology"
+	"github.com/ambit-mesh/ambit/pkg/localcluster"
+	"github.com/ambit-mesh/ambit/pkg/netns"
+)
+
+// Binaries local mode runs.
+const (
+	BinIstiod  = "istiod"
+	BinAgent   = "cni-agent"
+	BinZtunnel = "ztunnel"
+)
+
+// Errors a user acts on.
+var (
+	ErrNotRoot    = errors.New("local mode needs root (it creates network namespaces and runs the CNI chain): run it with sudo")
+	ErrNotLinux   = errors.New("local mode needs Linux (network namespaces, nftables)")
+	ErrNotRunning = errors.New("no local mesh is running")
+)
+
+// Engine runs a local mesh in one state dir. Up, Apply, Delete and Down
+// take an exclusive lock beside the state dir, so two of them never
+// interleave; Status and Exec only read.
+type Engine struct {
+	Paths Paths
+	// Out receives progress lines; nil discards.
+	Out io.Writer
+	// BinDirs are searched for binaries before PATH (the directory of the
+	// ambitctl executable).
+	BinDirs []string
+	// Capture is the cni-agent's --capture backend: auto, nftables or
+	// iptables.
+	Capture string
+	// ReadyTimeout bounds each readiness wait; 0 means 60s.
+	ReadyTimeout time.Duration
+	// StopGrace is how long processes get between SIGTERM and SIGKILL; 0
+	// means 5s.
+	StopGrace time.Duration
+}
+
+func (e *Engine) out() io.Writer {
+	if e.Out == nil {
+		return io.Discard
+	}
+	return e.Out
+}
+
+func (e *Engine) progress(format string, args ...any) {
+	fmt.Fprintf(e.out(), format+"\n", args...)
+}
+
+func (e *Engine) readyTimeout() time.Duration {
+	if e.ReadyTimeout <= 0 {
+		return 60 * time.Second
+	}
+	return e.ReadyTimeout
+}
+
+func (e *Engine) stopGrace() time.Duration {
+	if e.StopGrace <= 0 {
+		return 5 * time.Second
+	}
+	return e.StopGrace
+}
+
+// RequirePrivileges reports ErrNotLinux or ErrNotRoot.
+func RequirePrivileges() error {
+	if runtime.GOOS != "linux" {
+		return ErrNotLinux
+	}
+	if os.Geteuid() != 0 {
+		return ErrNotRoot
+	}
+	return nil
+}
+
+// lock takes the exclusive lock; the returned func releases it.
+func (e *Engine) lock() (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(e.Paths.Lock()), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(e.Paths.Lock(), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another ambitctl local command holds %s; wait for it to finish", e.Paths.Lock())
+	}
+	return func() { f.Close() }, nil
+}
+
+// FindBinary returns the path of a binary: from BinDirs first, then PATH.
+func (e *Engine) FindBinary(name string) (string, error) {
+	if strings.Contains(name, "/") {
+		if _, err := os.Stat(name); err != nil {
+			return "", err
+		}
+		return filepath.Abs(name)
+	}
+	for _, d := range e.BinDirs {
+		p := filepath.Join(d, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("binary %s not found in %s or PATH: run `make build` (it puts every binary in bin/)", name, strings.Join(e.BinDirs, ", "))
+	}
+	return filepath.Abs(p)
+}
+
+// session is the state of one mutating command.
+type session struct {
+	e      *Engine
+	topo   *topology.Topology
+	procs  *procTable
+	reaped map[int]<-chan struct{}
+}
+
+func newUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+func randomToken() string {
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Up builds the mesh of the topology file and returns once it is ready,
+// leaving its processes running. It first clears what a previous run left.
+// A pod whose CNI ADD fails is reported in the error, the rest of the mesh
+// stays up.
+func (e *Engine) Up(ctx context.Context, topoFile string) error {
+	if err := RequirePrivileges(); err != nil {
+		return err
+	}
+	t, err := topology.Load(topoFile)
+	if err != nil {
+		return err
+	}
+	if err := checkNames(t); err != nil {
+		return err
+	}
+	if _, err := convertPolicies(t); err != nil {
+		return err
+	}
+	bins := map[string]string{}
+	for _, b := range []string{BinIstiod, BinAgent, BinZtunnel} {
+		if bins[b], err = e.FindBinary(b); err != nil {
+			return err
+		}
+	}
+	for _, p := range t.Pods {
+		if len(p.Run) > 0 {
+			if _, err := e.FindBinary(p.Run[0]); err != nil {
+				return fmt.Errorf("pod %s: %w", p.Key(), err)
+			}
+		}
+	}
+	if err := e.down(ctx, true); err != nil {
+		return fmt.Errorf("clearing the previous local mesh: %w", err)
+	}
+	unlock, err := e.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s := &session{e: e, topo: t, procs: &procTable{}, reaped: map[int]<-chan struct{}{}}
+	if err := s.up(ctx, bins); err != nil {
+		return fmt.Errorf("%w\nthe mesh is left as it is for inspection: `ambitctl local status`, logs in %s; `ambitctl local down` removes it", err, e.Paths.Logs())
+	}
+	return nil
+}
+
+func (s *session) up(ctx context.Context, bins map[string]string) error {
+	e, t, p := s.e, s.topo, s.e.Paths
+	for _, d := range []string{p.Dir, p.Logs(), p.IstiodDir(), p.CNIBin()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := s.writeTopology(); err != nil {
+		return err
+	}
+	if err := s.procs.save(p.Procs()); err != nil {
+		return err
+	}
+	if err := writeTokens(p, t); err != nil {
+		return err
+	}
+	cs := &localcluster.State{}
+	for _, ns := range t.Namespaces {
+		cs.Namespaces = append(cs.Namespaces, localcluster.Namespace{Name: ns.Name, Labels: ns.Labels})
+	}
+	if err := s.writeState(cs); err != nil {
+		return err
+	}
+	if err := InstallPlugins(ctx, p.CNIBin(), e.BinDirs, e.out()); err != nil {
+		return err
+	}
+	for i, n := range t.Nodes {
+		for _, d := range []string{p.NetD(n.Name), p.IPAMDir(n.Name)} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+		}
+		if err := writeFileAtomic(p.Conflist(n.Name), Conflist(i, p.IPAMDir(n.Name)), 0o644); err != nil {
+			return err
+		}
+	}
+
+	e.progress("creating backbone %s (%s on %s)", BackboneNetns, BackboneIP, BackboneBridge)
+	if err := createBackbone(); err != nil {
+		return err
+	}
+	for i, n := range t.Nodes {
+		e.progress("creating node %s (%s, pods %s)", n.Name, NodeIP(i), PodCIDR(i))
+		if err := createNode(t, i); err != nil {
+			return err
+		}
+	}
+
+	e.progress("starting istiod on %s", IstiodAddr())
+	if err := s.start(Proc{Name: "istiod", Kind: KindIstiod}, BackboneNetns, bins[BinIstiod], []string{
+		"--state-dir", p.IstiodDir(), "--token-file", p.Tokens(), "--grpc-addr", IstiodAddr(),
+		"--root-cert-out", p.RootCert(), "--serving-ip", BackboneIP.String(), "--trust-domain", t.TrustDomain,
+	}, nil); err != nil {
+		return err
+	}
+	if err := s.wait(ctx, "istiod", func(ctx context.Context) error { return istiodReady(ctx, p) }); err != nil {
+		return err
+	}
+
+	for _, n := range t.Nodes {
+		e.progress("starting cni-agent and ztunnel on node %s", n.Name)
+		capture := e.Capture
+		if capture == "" {
+			capture = DefaultCapture
+		}
+		if err := s.start(Proc{Name: "cni-agent-" + n.Name, Kind: KindAgent, Node: n.Name}, NodeNetns(n.Name), bins[BinAgent], []string{
+			"--node", n.Name, "--agent-socket", p.AgentSocket(n.Name), "--zds-socket", p.ZDSSocket(n.Name),
+			"--pod-source", "local", "--cluster-state", p.Cluster(), "--cni-bin-dir", p.CNIBin(),
+			"--cni-conf-dir", p.NetD(n.Name), "--capture", capture, "--health-addr", AgentHealthAddr,
+		}, nil); err != nil {
+			return err
+		}
+		if err := s.start(Proc{Name: "ztunnel-" + n.Name, Kind: KindZtunnel, Node: n.Name}, NodeNetns(n.Name), bins[BinZtunnel], []string{
+			"--node", n.Name, "--zds-socket", p.ZDSSocket(n.Name), "--ca-addr", IstiodAddr(),
+			"--ca-root", p.RootCert(), "--token-file", p.NodeToken(n.Name), "--local-config", p.ZtunnelConfig(),
+		}, nil); err != nil {
+			return err
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 2*len(t.Nodes))
+	for i, n := range t.Nodes {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			errs[2*i] = s.wait(ctx, "cni-agent-"+n.Name, func(ctx context.Context) error { return agentReady(ctx, p, n.Name) })
+		}()
+		go func() {
+			defer wg.Done()
+			errs[2*i+1] = s.wait(ctx, "ztunnel-"+n.Name, func(ctx context.Context) error { return ztunnelReady(ctx, n.Name) })
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+
+	var podErrs []error
+	for _, n := range t.Nodes {
+		for _, pod := range t.PodsOn(n.Name) {
+			if err := s.addPod(ctx, pod); err != nil {
+				if errors.Is(err, errCNI) {
+					e.progress("pod %s: %v", pod.Key(), err)
+					podErrs = append(podErrs, fmt.Errorf("pod %s: %w", pod.Key(), err))
+					continue
+				}
+				return fmt.Errorf("pod %s: %w", pod.Key(), err)
+			}
+		}
+	}
+	if err := errors.Join(podErrs...); err != nil {
+		return fmt.Errorf("the mesh is up but some pods are not:\n%w", err)
+	}
+	e.progress("local mesh ready: %d nodes, %d pods (state in %s); try `ambitctl local status`", len(t.Nodes), len(t.Pods), p.Dir)
+	return nil
+}
+
+func (s *session) writeTopology() error {
+	b, err := yaml.Marshal(s.topo)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(s.e.Paths.Topology(), b, 0o644)
+}
+
+// writeState writes the cluster state (next generation) and the ztunnel
+// config derived from it and the session's topology.
+func (s *session) writeState(cs *localcluster.State) error {
+	zc, err := ZtunnelConfig(s.topo, cs)
+	if err != nil {
+		return err
+	}
+	cs.Generation++
+	if err := localcluster.Write(s.e.Paths.Cluster(), cs); err != nil {
+		return fmt.Errorf("writing cluster state: %w", err)
+	}
+	return writeFileAtomic(s.e.Paths.ZtunnelConfig(), zc, 0o644)
+}
+
+func (s *session) loadState() (*localcluster.State, error) {
+	cs, err := localcluster.Load(s.e.Paths.Cluster())
+	if err != nil {
+		return nil, err
+	}
+	return cs, nil
+}
+
+func writeTokens(p Paths, t *topology.Topology) error {
+	type entry struct {
+		Name       string   `json:"name"`
+		Token      string   `json:"token"`
+		Identities []string `json:"identities"`
+	}
+	var doc struct {
+		Tokens []entry `json:"tokens"`
+	}
+	for _, n := range t.Nodes {
+		tok := randomToken()
+		doc.Tokens = append(doc.Tokens, entry{Name: "ztunnel-" + n.Name, Token: tok, Identities: []string{"spiffe://" + t.TrustDomain + "/ns/*/sa/*"}})
+		if err := os.MkdirAll(p.NodeDir(n.Name), 0o755); err != nil {
+			return err
+		}
+		if err := writeFileAtomic(p.NodeToken(n.Name), []byte(tok), 0o600); err != nil {
+			return err
+		}
+	}
+	b, err := yaml.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(p.Tokens(), append([]byte("# Generated by ambitctl local up: one token per node's ztunnel.\n"), b...), 0o600)
+}
+
+// start launches a process in ns and records it in procs.json.
+func (s *session) start(pr Proc, ns, bin string, args, env []string) error {
+	p, reaped, err := launch(ns, bin, args, env, s.e.Paths.Log(pr.Name))
+	if err != nil {
+		return err
+	}
+	p.Name, p.Kind, p.Node, p.Pod = pr.Name, pr.Kind, pr.Node, pr.Pod
+	s.procs.Procs = append(s.procs.Procs, p)
+	s.reaped[p.PID] = reaped
+	return s.procs.save(s.e.Paths.Procs())
+}
+
+func (s *session) proc(name string) (Proc, bool) {
+	for _, p := range s.procs.Procs {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return Proc{}, false
+}
+
+// wait polls check until it succeeds, the process exits or the readiness
+// timeout passes; errors name the log file to read.
+func (s *session) wait(ctx context.Context, name string, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, s.e.readyTimeout())
+	defer cancel()
+	pr, _ := s.proc(name)
+	reaped := s.reaped[pr.PID]
+	var last error
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		last = check(cctx)
+		ccancel()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-reaped:
+			return fmt.Errorf("%s exited before it was ready (%v); read %s", name, last, pr.Log)
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready after %s: %v; read %s", name, s.e.readyTimeout(), last, pr.Log)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func istiodReady(ctx context.Context, p Paths) error {
+	if _, err := os.Stat(p.RootCert()); err != nil {
+		return fmt.Errorf("no root certificate yet: %w", err)
+	}
+	ns, err := netns.OpenName(BackboneNetns)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	c, err := netns.DialIn(ctx, ns, "tcp", IstiodAddr())
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+func agentReady(ctx context.Context, p Paths, node string) error {
+	c := agentapi.NewClient(p.AgentSocket(node))
+	defer c.CloseIdleConnections()
+	if err := c.Status(ctx); err != nil {
+		return err
+	}
+	_, err := loadChain(ctx, p.NetD(node))
+	return err
+}
+
+// httpGetIn makes a GET from inside the named network namespace.
+func httpGetIn(ctx context.Context, nsName, url string) (int, []byte, error) {
+	ns, err := netns.OpenName(nsName)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer ns.Close()
+	socks := &netns.Sockets{NS: ns}
+	client := &http.Client{Transport: &http.Transport{DialContext: socks.Dial, DisableKeepAlives: true}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	return resp.StatusCode, body, err
+}
+
+func ztunnelReady(ctx context.Context, node string) error {
+	code, body, err := httpGetIn(ctx, NodeNetns(node), fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", ZtunnelReadyPort))
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("readiness %d: %s", code, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+// ztunnelHas reports whether the node's ztunnel config dump holds uid.
+func ztunnelHas(ctx context.Context, node, uid string, want bool) error {
+	code, body, err := httpGetIn(ctx, NodeNetns(node), fmt.Sprintf("http://127.0.0.1:%d/config_dump", ZtunnelAdminPort))
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("config_dump: status %d", code)
+	}
+	if has := strings.Contains(string(body), `"`+uid+`"`); has != want {
+		if want {
+			return fmt.Errorf("ztunnel on %s does not have workload %s yet", node, uid)
+		}
+		return fmt.Errorf("ztunnel on %s still has workload %s", node, uid)
+	}
+	return nil
+}
+
+// syncZtunnels waits until every ztunnel has (or, with want false, has
+// dropped) the workload uid.
+func (s *session) syncZtunnels(ctx context.Context, uid string, want bool) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(s.topo.Nodes))
+	for i, n := range s.topo.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.wait(ctx, "ztunnel-"+n.Name, func(ctx context.Context) error { return ztunnelHas(ctx, n.Name, uid, want) })
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,228 @@
+package local
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ambit-mesh/ambit/pkg/netns"
+)
+
+// Process kinds recorded in procs.json.
+const (
+	KindIstiod  = "istiod"
+	KindAgent   = "cni-agent"
+	KindZtunnel = "ztunnel"
+	KindPod     = "pod"
+)
+
+// Proc is one process local mode started. PID and StartTime (clock ticks
+// after boot, /proc/<pid>/stat field 22) together identify it even after
+// the PID is reused.
+type Proc struct {
+	Name      string   `json:"name"`
+	Kind      string   `json:"kind"`
+	Node      string   `json:"node,omitempty"`
+	Pod       string   `json:"pod,omitempty"` // namespace/name
+	PID       int      `json:"pid"`
+	StartTime uint64   `json:"startTime"`
+	Netns     string   `json:"netns"`
+	Command   []string `json:"command"`
+	Log       string   `json:"log"`
+}
+
+// procTable is procs.json.
+type procTable struct {
+	Procs []Proc `json:"procs"`
+}
+
+func loadProcs(path string) (*procTable, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &procTable{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading process table: %w", err)
+	}
+	var t procTable
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &t, nil
+}
+
+func (t *procTable) save(path string) error {
+	b, err := json.MarshalIndent(t, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'), 0o644)
+}
+
+// remove drops the processes for which drop is true.
+func (t *procTable) remove(drop func(Proc) bool) {
+	out := t.Procs[:0]
+	for _, p := range t.Procs {
+		if !drop(p) {
+			out = append(out, p)
+		}
+	}
+	t.Procs = out
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// procStat returns the state letter and start time of pid.
+func procStat(pid int) (state byte, start uint64, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: split
+	// after its last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	start, err = strconv.ParseUint(f[19], 10, 64)
+	return f[0][0], start, err
+}
+
+// Alive reports whether the process is still the one recorded and has not
+// exited (a zombie counts as exited).
+func (p Proc) Alive() bool {
+	st, start, err := procStat(p.PID)
+	return err == nil && start == p.StartTime && st != 'Z' && st != 'X'
+}
+
+// launch starts bin in the named network namespace through nsenter, as its
+// own process group, output appended to logPath. reaped is closed when the
+// process has exited and been reaped by this process.
+func launch(ns string, bin string, args, env []string, logPath string) (Proc, <-chan struct{}, error) {
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		return Proc{}, nil, fmt.Errorf("nsenter not found (Debian package util-linux): %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		return Proc{}, nil, err
+	}
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return Proc{}, nil, err
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "--- %s: starting in %s: %s %s\n", time.Now().Format(time.RFC3339), ns, bin, strings.Join(args, " "))
+	cmd := exec.Command(nsenter, append([]string{"--net=" + netns.Path(ns), "--", bin}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return Proc{}, nil, fmt.Errorf("starting %s in %s: %w", bin, ns, err)
+	}
+	reaped := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(reaped) }()
+	_, start, err := procStat(cmd.Process.Pid)
+	if err != nil {
+		select {
+		case <-reaped:
+			return Proc{}, nil, fmt.Errorf("%s exited at once; see %s", bin, logPath)
+		default:
+			return Proc{}, nil, fmt.Errorf("reading start time of %s: %w", bin, err)
+		}
+	}
+	return Proc{PID: cmd.Process.Pid, StartTime: start, Netns: ns, Command: append([]string{bin}, args...), Log: logPath}, reaped, nil
+}
+
+// stopProcs sends SIGTERM to the process group of each live process,
+// waits up to grace for them to exit, then SIGKILLs what is left.
+func stopProcs(procs []Proc, grace time.Duration) {
+	var live []Proc
+	for _, p := range procs {
+		if p.Alive() {
+			_ = syscall.Kill(-p.PID, syscall.SIGTERM)
+			_ = syscall.Kill(p.PID, syscall.SIGTERM)
+			live = append(live, p)
+		}
+	}
+	deadline := time.Now().Add(grace)
+	for len(live) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond) // polling for exit; no event to wait on for a non-child
+		next := live[:0]
+		for _, p := range live {
+			if p.Alive() {
+				next = append(next, p)
+			}
+		}
+		live = next
+	}
+	for _, p := range live {
+		_ = syscall.Kill(-p.PID, syscall.SIGKILL)
+		_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	}
+	deadline = time.Now().Add(2 * time.Second)
+	for _, p := range live {
+		for p.Alive() && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// pidsInNetns returns the processes whose network namespace is one of ids:
+// how down finds processes of a run whose procs.json is gone.
+func pidsInNetns(ids map[netns.ID]bool) []Proc {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	self := os.Getpid()
+	var out []Proc
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		id, err := netns.IDOfPath("/proc/" + e.Name() + "/ns/net")
+		if err != nil || !ids[id] {
+			continue
+		}
+		_, start, err := procStat(pid)
+		if err != nil {
+			continue
+		}
+		out = append(out, Proc{Name: "leftover", PID: pid, StartTime: start})
+	}
+	return out
+}

@@ -157,9 +157,9 @@ func TestPingTimeoutEvicts(t *testing.T) {
 	if !errors.Is(c.closeErr, ErrPingTimeout) {
 		t.Fatalf("closed with %v, want ErrPingTimeout", c.closeErr)
 	}
-	e.pool.mu.Lock()
-	defer e.pool.mu.Unlock()
-	if len(e.pool.entries) != 0 {
-		t.Fatalf("dead connection still pooled: %v", e.pool.entries)
-	}
+	waitFor(t, "eviction of the dead connection", func() bool {
+		e.pool.mu.Lock()
+		defer e.pool.mu.Unlock()
+		return len(e.pool.entries) == 0
+	})
 }

@@ -588,4 +588,5 @@ func inpodDialer(ns *os.File) *netns.Sockets {
 	s.Dialer.Control = markCtl
 	return &s
 }
+
 var markCtl = sockopt.MarkControl(capture.DefaultMark)

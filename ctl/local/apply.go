@@ -153,15 +153,15 @@ func clone(t *topology.Topology) *topology.Topology {
 // policies in the running mesh. The merged topology is validated (policies
 // included) before anything changes.
 func (e *Engine) Apply(ctx context.Context, fragFile string) error {
-	return e.change(ctx, fragFile, Merge)
+	return e.change(ctx, fragFile, "applied", Merge)
 }
 
 // Delete removes the fragment's objects from the running mesh.
 func (e *Engine) Delete(ctx context.Context, fragFile string) error {
-	return e.change(ctx, fragFile, Remove)
+	return e.change(ctx, fragFile, "deleted", Remove)
 }
 
-func (e *Engine) change(ctx context.Context, fragFile string, op func(cur, frag *topology.Topology) (*topology.Topology, error)) error {
+func (e *Engine) change(ctx context.Context, fragFile, verb string, op func(cur, frag *topology.Topology) (*topology.Topology, error)) error {
 	if err := RequirePrivileges(); err != nil {
 		return err
 	}
@@ -263,7 +263,7 @@ func (e *Engine) change(ctx context.Context, fragFile string, op func(cur, frag 
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	e.progress("applied %s: %d pods added, %d removed; %d pods, %d services, %d policies now", fragFile, len(add), len(remove), len(next.Pods), len(next.Services), len(next.Policies))
+	e.progress("%s %s: %d pods added, %d removed; %d pods, %d services, %d policies now", verb, fragFile, len(add), len(remove), len(next.Pods), len(next.Services), len(next.Policies))
 	return nil
 }
 

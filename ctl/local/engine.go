@@ -276,6 +276,7 @@ func (s *session) up(ctx context.Context, bins map[string]string) error {
 		if err := s.start(Proc{Name: "ztunnel-" + n.Name, Kind: KindZtunnel, Node: n.Name}, NodeNetns(n.Name), bins[BinZtunnel], []string{
 			"--node", n.Name, "--zds-socket", p.ZDSSocket(n.Name), "--ca-addr", IstiodAddr(),
 			"--ca-root", p.RootCert(), "--token-file", p.NodeToken(n.Name), "--local-config", p.ZtunnelConfig(),
+			"--trust-domain", t.TrustDomain,
 		}, nil); err != nil {
 			return err
 		}

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/ctl/local/topology"
@@ -21,8 +24,22 @@ import (
 // rest of the mesh stays.
 var errCNI = errors.New("CNI ADD failed")
 
-func (s *session) cniConfig(node string) *libcni.CNIConfig {
-	return libcni.NewCNIConfigWithCacheDir([]string{s.e.Paths.CNIBin()}, s.e.Paths.join("nodes", node, "cni-cache"), nil)
+// cniConfig returns the node's libcni config; plugin stderr goes to
+// logs/cni-<node>.log. Call close when done.
+func (s *session) cniConfig(node string) (cfg *libcni.CNIConfig, logPath string, close func()) {
+	logPath = s.e.Paths.Log("cni-" + node)
+	var stderr io.Writer = io.Discard
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err == nil {
+		stderr = f
+	}
+	ex := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: stderr}, PluginDecoder: version.PluginDecoder{}}
+	cfg = libcni.NewCNIConfigWithCacheDir([]string{s.e.Paths.CNIBin()}, s.e.Paths.join("nodes", node, "cni-cache"), ex)
+	return cfg, logPath, func() {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // addPod runs a pod's lifecycle as a container runtime would: record it,
@@ -64,7 +81,8 @@ func (s *session) addPod(ctx context.Context, pod topology.Pod) error {
 	if err != nil {
 		return s.forgetPod(cs, cp, err)
 	}
-	cfg := s.cniConfig(pod.Node)
+	cfg, cniLog, closeLog := s.cniConfig(pod.Node)
+	defer closeLog()
 	ref := cniPod{Namespace: pod.Namespace, Name: pod.Name, UID: cp.UID, Netns: cp.Netns}
 	actx, cancel := context.WithTimeout(ctx, s.e.readyTimeout())
 	ips, err := cniAdd(actx, nodeNS, cfg, list, ref)
@@ -73,7 +91,7 @@ func (s *session) addPod(ctx context.Context, pod topology.Pod) error {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_ = cniDel(dctx, nodeNS, cfg, list, ref)
 		cancel()
-		return s.forgetPod(cs, cp, fmt.Errorf("%w: %v (plugin logs: %s)", errCNI, err, p.Log("cni-agent-"+pod.Node)))
+		return s.forgetPod(cs, cp, fmt.Errorf("%w: %v (plugin log: %s, agent log: %s)", errCNI, err, cniLog, p.Log("cni-agent-"+pod.Node)))
 	}
 	for i := range cs.Pods {
 		if cs.Pods[i].UID == cp.UID {
@@ -193,7 +211,9 @@ func (s *session) cniDelBestEffort(ctx context.Context, cp localcluster.Pod) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := cniDel(dctx, nodeNS, s.cniConfig(cp.Node), list, cniPod{Namespace: cp.Namespace, Name: cp.Name, UID: cp.UID, Netns: cp.Netns}); err != nil {
+	cfg, _, closeLog := s.cniConfig(cp.Node)
+	defer closeLog()
+	if err := cniDel(dctx, nodeNS, cfg, list, cniPod{Namespace: cp.Namespace, Name: cp.Name, UID: cp.UID, Netns: cp.Netns}); err != nil {
 		s.e.progress("pod %s: CNI DEL: %v (continuing)", cp.Key(), err)
 	}
 }

@@ -573,6 +573,16 @@ func TestZtunnelNetns(t *testing.T) {
 		}
 		// A's listeners are still up.
 		eventually(t, "A → C still works", 10*time.Second, expectEcho(ctx, a, toC, "pod-c"))
+		// B speaks HBONE per the config but its tunnel end is gone: A's
+		// connection must fail even though B's app is now reachable in
+		// plaintext (capture removed from B).
+		if err := capt.Remove(ctx, b.ns); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "C → B plaintext without capture", 10*time.Second, expectEcho(ctx, c, toB, "pod-b"))
+		if err := expectFail(ctx, a, toB)(); err != nil {
+			t.Errorf("HBONE to B failed over to plaintext: %v", err)
+		}
 	})
 	z.stop()
 	for _, p := range []*podNS{a, b} {

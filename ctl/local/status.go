@@ -146,7 +146,8 @@ func podStatus(ctx context.Context, p Paths, t *topology.Topology, cs *localclus
 	ps := PodStatus{Namespace: pod.Namespace, Name: pod.Name, Node: pod.Node, IPs: []string{},
 		Identity: t.Identity(pod).String(), Enrolled: t.Enrolled(pod), Netns: PodNetns(pod.Namespace, pod.Name), Running: running}
 	cp, ok := cs.Pod(pod.Namespace, pod.Name)
-	if !ok {
+	if !ok || len(cp.IPs) == 0 {
+		ps.Running = false // no network: its CNI ADD failed
 		return ps
 	}
 	ps.UID = cp.UID

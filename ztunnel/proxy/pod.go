@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"istio.io/istio/pkg/workloadapi"
@@ -82,9 +83,39 @@ type PodProxy struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	cache atomic.Pointer[podView]
+
 	mu     sync.Mutex
 	conns  map[*tracked]struct{}
 	closed bool
+}
+
+// podView is a state view with the pod's own workload resolved once: the
+// lookup by namespace/name scans every workload.
+type podView struct {
+	*state.View
+	uid string
+	w   *workloadapi.Workload
+}
+
+// WorkloadByUID answers the pod's uid from the resolved workload.
+func (v *podView) WorkloadByUID(uid string) *workloadapi.Workload {
+	if uid == v.uid && v.w != nil {
+		return v.w
+	}
+	return v.View.WorkloadByUID(uid)
+}
+
+// view returns the current state, resolving the pod's workload once per
+// state version.
+func (p *PodProxy) view() *podView {
+	v := p.cfg.State.Load()
+	if c := p.cache.Load(); c != nil && c.View == v {
+		return c
+	}
+	pv := &podView{View: v, uid: p.pod.UID, w: PodWorkload(v, p.pod)}
+	p.cache.Store(pv)
+	return pv
 }
 
 // tracked is an open connection; inbound ones are re-checked on policy
@@ -226,7 +257,7 @@ func (p *PodProxy) Close() error {
 // state and closes those it no longer allows (or no longer serves). It
 // returns how many it closed.
 func (p *PodProxy) Recheck() int {
-	v := p.cfg.State.Load()
+	v := p.view()
 	var deny []*tracked
 	p.mu.Lock()
 	for t := range p.conns {
@@ -369,7 +400,7 @@ func (p *PodProxy) serveOutbound(c net.Conn) {
 		return
 	}
 	cl.dst = dst.String()
-	v := p.cfg.State.Load()
+	v := p.view()
 	out, err := DecideOutbound(v, p.pod, p.id, p.cfg.Node, client.Addr(), dst, "")
 	srcPeer := metrics.Peer{Workload: PodWorkload(v, p.pod), Identity: &p.id, Namespace: p.pod.Namespace, Name: p.pod.Name}
 	if err != nil {
@@ -462,7 +493,7 @@ func (p *PodProxy) serveInboundPlain(c net.Conn) {
 // serveInbound decides, dials the pod and relays for both inbound paths.
 // Exactly one of c (plaintext) and s (HBONE) is set.
 func (p *PodProxy) serveInbound(cl *connLog, ic InboundConn, c net.Conn, s *hbone.Stream) {
-	v := p.cfg.State.Load()
+	v := p.view()
 	mc := metrics.Conn{Reporter: metrics.ReporterDestination, MutualTLS: s != nil,
 		Source:      metrics.Peer{Identity: ic.Peer, Workload: peerWorkload(v, ic)},
 		Destination: metrics.Peer{Workload: PodWorkload(v, p.pod), Identity: &p.id, Namespace: p.pod.Namespace, Name: p.pod.Name}}
@@ -553,7 +584,7 @@ type inboundHandler struct{ p *PodProxy }
 // (404 otherwise); policy needs the source address, which ServeHBONE has.
 func (h inboundHandler) Authorize(_ context.Context, req *hbone.Request) (netip.AddrPort, error) {
 	p := h.p
-	v := p.cfg.State.Load()
+	v := p.view()
 	w := PodWorkload(v, p.pod)
 	if w == nil {
 		return netip.AddrPort{}, fmt.Errorf("%w: pod %s has no workload in ztunnel's state yet", hbone.ErrNotServed, p.pod)

@@ -9,10 +9,12 @@ TOOLS     := $(CACHE)/bin
 FUZZTIME  ?= 5s
 # Test packages: everything; root-only tiers skip themselves locally and fail under CI=true.
 PKGS      ?= ./...
+CNI_PLUGINS := github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/ipam/host-local
+CNI_PLUGINS_VERSION = $(shell $(GO) list -m -f '{{.Version}}' github.com/containernetworking/plugins)
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: help deps build test unit fuzz lint generate gen-check e2e bench demo clean
+.PHONY: help deps build test unit fuzz lint generate gen-check e2e bench demo demo-tunnel clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,9 +22,10 @@ help: ## list the targets
 deps: ## install what the tests need (Debian packages, pinned Go tools), idempotently
 	@bash hack/install-deps.sh
 
-build: ## build every binary into ./bin
+build: ## build every binary (and the bridge/host-local CNI plugins) into ./bin
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $$($(GO) list ./... | grep '/cmd/')
+	GOBIN=$(BIN) GOFLAGS=-mod=mod GOWORK=off $(GO) install $(addsuffix @$(CNI_PLUGINS_VERSION),$(CNI_PLUGINS))
 
 test: deps lint unit fuzz ## install deps, lint, run all tests and short fuzzing
 
@@ -44,14 +47,17 @@ generate: ## regenerate generated code (bpf2go objects, goldens are per-test wit
 gen-check: generate ## fail when generated code is stale
 	@git diff --exit-code --stat || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
 
-e2e: ## end-to-end tests (local mesh and Kubernetes mode)
-	@echo "e2e: no end-to-end suite exists yet (local mode arrives with issue 3)"; exit 1
+e2e: ## end-to-end tests only (the local mesh; needs root)
+	$(GO) test -count=1 -timeout 15m ./e2e/...
 
 bench: build ## print throughput/latency/CPU figures against a same-run baseline
 	$(GO) run ./e2e/bench
 
-demo: build ## the main job: a CA and two HBONE tunnel endpoints with real traffic
-	$(GO) run ./e2e/demo -istiod $(BIN)/istiod
+demo: build ## the main job: the example local mesh with real traffic (root; stays up: ambitctl local down)
+	$(GO) run ./e2e/demo -bin $(BIN)
+
+demo-tunnel: build ## a smaller demo without root: the CA and two HBONE endpoints on loopback
+	$(GO) run ./e2e/demo -tunnel -bin $(BIN)
 
 clean: ## remove build output
 	rm -rf $(BIN)

@@ -7,6 +7,8 @@
 //     and header X-Ambit-Pod: <name>.
 //   - TCP: for every line received the server writes
 //     "pod=<name> peer=<ip:port> echo=<line>\n".
+//   - raw TCP: bytes are echoed verbatim; the server half-closes after the
+//     client does.
 //   - gRPC: grpc.testing.TestService/UnaryCall answers with Hostname=<name> and
 //     the request payload echoed.
 package echo

@@ -2,6 +2,7 @@ package echo
 
 import (
 	"context"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -17,7 +18,7 @@ func listen(t *testing.T) net.Listener {
 }
 
 func TestEchoProtocols(t *testing.T) {
-	ls := Listeners{HTTP: listen(t), TCP: listen(t), GRPC: listen(t)}
+	ls := Listeners{HTTP: listen(t), TCP: listen(t), GRPC: listen(t), Raw: listen(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- (&Server{Name: "server-1"}).Run(ctx, ls) }()
@@ -38,6 +39,28 @@ func TestEchoProtocols(t *testing.T) {
 		if !strings.Contains(s.Last, "marker-42") {
 			t.Fatalf("%s: answer %q lacks the marker", proto, s.Last)
 		}
+	}
+}
+
+func TestRawEchoHalfClose(t *testing.T) {
+	ln := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Server{Name: "raw"}).Run(ctx, Listeners{Raw: ln}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := strings.Repeat("x", 100000)
+	go func() {
+		io.WriteString(c, msg)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != msg {
+		t.Fatalf("raw echo returned %d bytes, err %v", len(got), err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -47,6 +48,16 @@ func (s *Server) ServeTCP(conn net.Conn) {
 	}
 }
 
+// serveRaw copies conn's input back to it and half-closes once the input
+// ended; it closes conn.
+func serveRaw(conn net.Conn) {
+	defer conn.Close()
+	io.Copy(conn, conn)
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}
+
 type grpcEcho struct {
 	testpb.UnimplementedTestServiceServer
 	name string
@@ -59,6 +70,8 @@ func (g *grpcEcho) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*tes
 // Listeners are the sockets Run serves; a nil one is not served.
 type Listeners struct {
 	HTTP, TCP, GRPC net.Listener
+	// Raw echoes bytes verbatim and half-closes after the peer does.
+	Raw net.Listener
 }
 
 // Run serves on the given listeners until ctx ends, then closes them.
@@ -68,7 +81,7 @@ func (s *Server) Run(ctx context.Context, ls Listeners) error {
 		log = slog.Default()
 	}
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	if ls.HTTP != nil {
 		hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 		wg.Add(1)
@@ -96,6 +109,23 @@ func (s *Server) Run(ctx context.Context, ls Listeners) error {
 			}
 		}()
 		context.AfterFunc(ctx, func() { ls.TCP.Close() })
+	}
+	if ls.Raw != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c, err := ls.Raw.Accept()
+				if err != nil {
+					if ctx.Err() == nil {
+						errs <- fmt.Errorf("raw echo: %w", err)
+					}
+					return
+				}
+				go serveRaw(c)
+			}
+		}()
+		context.AfterFunc(ctx, func() { ls.Raw.Close() })
 	}
 	if ls.GRPC != nil {
 		gs := grpc.NewServer()

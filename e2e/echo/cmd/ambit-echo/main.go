@@ -38,7 +38,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: ambit-echo server [-name N] [-http :8080] [-tcp :9000] [-grpc :7070]\n       ambit-echo client -proto http|tcp|grpc -addr HOST:PORT [-n 10] [-marker M] [-o json]")
+	fmt.Fprintln(os.Stderr, "usage: ambit-echo server [-name N] [-http :8080] [-tcp :9000] [-grpc :7070] [-raw :9001]\n       ambit-echo client -proto http|tcp|grpc -addr HOST:PORT [-n 10] [-marker M] [-o json]")
 	os.Exit(2)
 }
 
@@ -48,6 +48,7 @@ func server(args []string) error {
 	httpAddr := fs.String("http", ":8080", "HTTP listen address; empty disables")
 	tcpAddr := fs.String("tcp", ":9000", "TCP listen address; empty disables")
 	grpcAddr := fs.String("grpc", ":7070", "gRPC listen address; empty disables")
+	rawAddr := fs.String("raw", ":9001", "raw byte-echo listen address; empty disables")
 	fs.Parse(args)
 	if *name == "" {
 		*name, _ = os.Hostname()
@@ -56,7 +57,7 @@ func server(args []string) error {
 	for _, l := range []struct {
 		addr string
 		dst  *net.Listener
-	}{{*httpAddr, &ls.HTTP}, {*tcpAddr, &ls.TCP}, {*grpcAddr, &ls.GRPC}} {
+	}{{*httpAddr, &ls.HTTP}, {*tcpAddr, &ls.TCP}, {*grpcAddr, &ls.GRPC}, {*rawAddr, &ls.Raw}} {
 		if l.addr == "" {
 			continue
 		}

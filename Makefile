@@ -51,7 +51,7 @@ e2e: ## end-to-end tests only (the local mesh; needs root)
 	$(GO) test -count=1 -timeout 15m ./e2e/...
 
 bench: build ## print throughput/latency/CPU figures against a same-run baseline
-	$(GO) run ./e2e/bench
+	$(GO) run ./e2e/bench -bin $(BIN)
 
 demo: build ## the main job: the example local mesh with real traffic (root; stays up: ambitctl local down)
 	$(GO) run ./e2e/demo -bin $(BIN)

@@ -4,7 +4,9 @@
 //   - throughput of one TCP stream (iperf3) direct vs client → HBONE → server,
 //   - round-trip latency p50/p99 of 1-byte ping-pongs, direct vs tunnelled,
 //   - new-connection setup time direct, with a warm pool and a cold pool,
-//   - CPU seconds per GB spent by the two proxies.
+//   - CPU seconds per GB spent by the two proxies,
+//   - with -mesh (root): one TCP stream and 1-byte ping-pongs pod → pod
+//     across the two nodes of a local mesh, not enrolled vs enrolled.
 //
 // The proxies run in a child process (this binary with -role proxies) so
 // their CPU time is measured apart from the load generators. It is a program
@@ -35,12 +37,17 @@ func main() {
 	duration := flag.Duration("duration", 5*time.Second, "length of each throughput run")
 	pings := flag.Int("pings", 5000, "1-byte round trips per latency run")
 	dials := flag.Int("dials", 200, "connections per setup-time run")
+	mesh := flag.Bool("mesh", true, "also measure pod to pod across nodes of a local mesh (root)")
+	binDir := flag.String("bin", "bin", "directory of the built binaries (for -mesh)")
 	flag.Parse()
 	var err error
 	if *role == "proxies" {
 		err = runProxies(parseTargets(*targets))
 	} else {
 		err = run(*duration, *pings, *dials)
+		if err == nil && *mesh {
+			err = runMesh(*binDir, *duration, *pings)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -185,6 +192,11 @@ func iperf(addr string, d time.Duration) (iperfResult, error) {
 	if err != nil {
 		return iperfResult{}, fmt.Errorf("iperf3 -c %s: %w: %s", addr, err, bytes.TrimSpace(out))
 	}
+	return parseIperf(out)
+}
+
+// parseIperf reads what the receiver got from iperf3's JSON output.
+func parseIperf(out []byte) (iperfResult, error) {
 	var r struct {
 		End struct {
 			SumReceived struct {
@@ -198,7 +210,7 @@ func iperf(addr string, d time.Duration) (iperfResult, error) {
 		return iperfResult{}, fmt.Errorf("iperf3 output: %w", err)
 	}
 	if r.Error != "" {
-		return iperfResult{}, fmt.Errorf("iperf3 -c %s: %s", addr, r.Error)
+		return iperfResult{}, fmt.Errorf("iperf3: %s", r.Error)
 	}
 	return iperfResult{gbps: r.End.SumReceived.BitsPerSecond / 1e9, bytes: r.End.SumReceived.Bytes}, nil
 }
@@ -210,6 +222,11 @@ func pingPong(addr string, n int) ([]time.Duration, error) {
 		return nil, err
 	}
 	defer c.Close()
+	return pingPongConn(c, n)
+}
+
+// pingPongConn sends n 1-byte round trips on c.
+func pingPongConn(c net.Conn, n int) ([]time.Duration, error) {
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	buf := []byte{'x'}
 	out := make([]time.Duration, 0, n)
@@ -219,7 +236,7 @@ func pingPong(addr string, n int) ([]time.Duration, error) {
 			return nil, err
 		}
 		if _, err := io.ReadFull(c, buf); err != nil {
-			return nil, fmt.Errorf("ping-pong via %s: %w", addr, err)
+			return nil, fmt.Errorf("ping-pong to %s: %w", c.RemoteAddr(), err)
 		}
 		out = append(out, time.Since(t0))
 	}

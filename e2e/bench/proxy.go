@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/ambit-mesh/ambit/istiod/ca"
@@ -39,7 +40,8 @@ var (
 // open HBONE streams) and server-side proxy B (the HBONE server relaying to
 // the real targets), both in this process so its CPU time is the proxies'
 // cost. targets maps a name to the address B relays to. It serves until
-// stdin closes.
+// stdin closes. With AMBIT_BENCH_CPUPROFILE=path it writes a CPU profile of
+// the proxies there.
 func runProxies(targets map[string]string) error {
 	auth, err := ca.NewSelfSigned("cluster.local")
 	if err != nil {
@@ -122,6 +124,17 @@ func runProxies(targets map[string]string) error {
 			return p, true
 		}, key, target)
 		out.Cold[name] = cold.Addr().String()
+	}
+	if path := os.Getenv("AMBIT_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
 		return err

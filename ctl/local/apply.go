@@ -224,6 +224,12 @@ func (e *Engine) change(ctx context.Context, fragFile, verb string, op func(cur,
 		case w.Node != p.Node || w.ServiceAccount != p.ServiceAccount || !reflect.DeepEqual(w.Run, p.Run):
 			remove = append(remove, k)
 			add = append(add, k)
+		default:
+			// A pod without a cluster state entry did not get its network
+			// (its CNI ADD failed): applying it again retries.
+			if _, ok := cs.Pod(p.Namespace, p.Name); !ok {
+				add = append(add, k)
+			}
 		}
 	}
 	for _, p := range next.Pods {

@@ -35,7 +35,12 @@ type Proc struct {
 	StartTime uint64   `json:"startTime"`
 	Netns     string   `json:"netns"`
 	Command   []string `json:"command"`
-	Log       string   `json:"log"`
+	// Env is what launch added to the environment; start reuses it.
+	Env []string `json:"env,omitempty"`
+	Log string   `json:"log"`
+	// Stopped is set by `ambitctl local stop` and cleared by start: the
+	// process is down on purpose.
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // procTable is procs.json.
@@ -64,6 +69,19 @@ func (t *procTable) save(path string) error {
 		return err
 	}
 	return writeFileAtomic(path, append(b, '\n'), 0o644)
+}
+
+// find returns the index of the process called name, or an error naming
+// the processes there are.
+func (t *procTable) find(name string) (int, error) {
+	names := make([]string, 0, len(t.Procs))
+	for i, p := range t.Procs {
+		if p.Name == name {
+			return i, nil
+		}
+		names = append(names, p.Name)
+	}
+	return -1, fmt.Errorf("%w: %q; the processes are: %s", ErrNoProcess, name, strings.Join(names, ", "))
 }
 
 // remove drops the processes for which drop is true.
@@ -163,7 +181,7 @@ func launch(ns string, bin string, args, env []string, logPath string) (Proc, <-
 			return Proc{}, nil, fmt.Errorf("reading start time of %s: %w", bin, err)
 		}
 	}
-	return Proc{PID: cmd.Process.Pid, StartTime: start, Netns: ns, Command: append([]string{bin}, args...), Log: logPath}, reaped, nil
+	return Proc{PID: cmd.Process.Pid, StartTime: start, Netns: ns, Command: append([]string{bin}, args...), Env: env, Log: logPath}, reaped, nil
 }
 
 // stopProcs sends SIGTERM to the process group of each live process,

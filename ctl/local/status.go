@@ -72,13 +72,15 @@ type ServiceStatus struct {
 
 // ProcStatus is one process of procs.json.
 type ProcStatus struct {
-	Name   string `json:"name"`
-	Kind   string `json:"kind"`
-	PID    int    `json:"pid"`
-	Alive  bool   `json:"alive"`
-	Ready  bool   `json:"ready"`
-	Detail string `json:"detail,omitempty"`
-	Log    string `json:"log"`
+	Name  string `json:"name"`
+	Kind  string `json:"kind"`
+	PID   int    `json:"pid"`
+	Alive bool   `json:"alive"`
+	Ready bool   `json:"ready"`
+	// Stopped: down on purpose (`ambitctl local stop`).
+	Stopped bool   `json:"stopped,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+	Log     string `json:"log"`
 }
 
 // Status reads the running mesh and asks each process whether it is ready.
@@ -194,7 +196,12 @@ func nftTableExists(nsPath string) bool {
 func procStatus(ctx context.Context, p Paths, pr Proc) ProcStatus {
 	ps := ProcStatus{Name: pr.Name, Kind: pr.Kind, PID: pr.PID, Alive: pr.Alive(), Log: pr.Log}
 	if !ps.Alive {
-		ps.Detail = "exited; read " + pr.Log
+		ps.Stopped = pr.Stopped
+		if pr.Stopped {
+			ps.Detail = "stopped; `ambitctl local start " + pr.Name + "` starts it again"
+		} else {
+			ps.Detail = "exited; read " + pr.Log + "; `ambitctl local start " + pr.Name + "` starts it again"
+		}
 		return ps
 	}
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)

@@ -24,6 +24,12 @@ commands:
   exec NAMESPACE/POD -- CMD [ARGS...]             run a command in a pod's network namespace
   apply -f FILE                                   add or change namespaces, pods, services, policies
   delete -f FILE                                  remove them
+  stop PROCESS                                    stop one process (a name from status: istiod,
+                                                  cni-agent-NODE, ztunnel-NODE, pod-NS-POD):
+                                                  SIGTERM, SIGKILL after 5s; pods are not touched
+  start [--timeout 60s] PROCESS                   start a stopped or exited process again with
+                                                  its recorded command and network namespace,
+                                                  and wait until it is ready
   down                                            stop everything and remove the state
 
 every command takes --state-dir DIR (env AMBIT_LOCAL_DIR, default /var/run/ambit/local)
@@ -108,6 +114,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 			err = e.Apply(ctx, c.File)
 		} else {
 			err = e.Delete(ctx, c.File)
+		}
+		if err != nil {
+			return fail(err)
+		}
+	case "stop", "start":
+		want := []string{}
+		if sub == "start" {
+			want = append(want, FlagTimeout)
+		}
+		c, err := parseLocal(sub, rest, getenv, stderr, want...)
+		if err != nil {
+			return fail(err)
+		}
+		if len(c.Args) != 1 {
+			return fail(fmt.Errorf("usage: ambitctl local %s PROCESS (names in `ambitctl local status`)", sub))
+		}
+		e := engine(c)
+		if sub == "stop" {
+			err = e.Stop(ctx, c.Args[0])
+		} else {
+			err = e.Start(ctx, c.Args[0])
 		}
 		if err != nil {
 			return fail(err)

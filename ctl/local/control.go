@@ -1,0 +1,123 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+)
+
+// ErrNoProcess is returned by Stop and Start for a name procs.json does not
+// hold.
+var ErrNoProcess = errors.New("no such process in the local mesh")
+
+// Stop stops one process of the running mesh by its name in `ambitctl local
+// status` (istiod, cni-agent-<node>, ztunnel-<node>, pod-<ns>-<pod>):
+// SIGTERM to its process group, SIGKILL after StopGrace. It is recorded as
+// stopped in procs.json, so status says why it is down; the pods and their
+// network namespaces are left as they are. Stopping a process that is not
+// running only records it as stopped.
+func (e *Engine) Stop(ctx context.Context, name string) error {
+	if err := RequirePrivileges(); err != nil {
+		return err
+	}
+	unlock, err := e.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	procs, err := e.loadRunningProcs()
+	if err != nil {
+		return err
+	}
+	i, err := procs.find(name)
+	if err != nil {
+		return err
+	}
+	p := procs.Procs[i]
+	if p.Alive() {
+		stopProcs([]Proc{p}, e.stopGrace())
+		if p.Alive() {
+			return fmt.Errorf("%s (pid %d) still runs after SIGKILL", name, p.PID)
+		}
+		e.progress("stopped %s (pid %d)", name, p.PID)
+	} else {
+		e.progress("%s was not running", name)
+	}
+	procs.Procs[i].Stopped = true
+	return procs.save(e.Paths.Procs())
+}
+
+// Start starts again a process of the running mesh that is not running
+// (stopped with Stop, or exited): the recorded command, environment and
+// network namespace, output appended to its log. It returns once the
+// process is ready (for a pod: alive), within ReadyTimeout. Starting a
+// running process does nothing.
+func (e *Engine) Start(ctx context.Context, name string) error {
+	if err := RequirePrivileges(); err != nil {
+		return err
+	}
+	unlock, err := e.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	procs, err := e.loadRunningProcs()
+	if err != nil {
+		return err
+	}
+	i, err := procs.find(name)
+	if err != nil {
+		return err
+	}
+	old := procs.Procs[i]
+	if old.Alive() {
+		e.progress("%s already runs (pid %d)", name, old.PID)
+		return nil
+	}
+	if len(old.Command) == 0 {
+		return fmt.Errorf("%s: procs.json records no command to start", name)
+	}
+	p, reaped, err := launch(old.Netns, old.Command[0], old.Command[1:], old.Env, old.Log)
+	if err != nil {
+		return fmt.Errorf("starting %s: %w", name, err)
+	}
+	p.Name, p.Kind, p.Node, p.Pod = old.Name, old.Kind, old.Node, old.Pod
+	procs.Procs[i] = p
+	if err := procs.save(e.Paths.Procs()); err != nil {
+		return err
+	}
+	s := &session{e: e, procs: procs, reaped: map[int]<-chan struct{}{p.PID: reaped}}
+	if err := s.wait(ctx, name, e.readyCheck(p)); err != nil {
+		return err
+	}
+	e.progress("started %s (pid %d), ready", name, p.PID)
+	return nil
+}
+
+// loadRunningProcs loads procs.json of a running mesh.
+func (e *Engine) loadRunningProcs() (*procTable, error) {
+	if _, err := os.Stat(e.Paths.Procs()); os.IsNotExist(err) {
+		return nil, fmt.Errorf("%w in %s: run `ambitctl local up -f FILE` first", ErrNotRunning, e.Paths.Dir)
+	}
+	return loadProcs(e.Paths.Procs())
+}
+
+// readyCheck is the readiness probe of a process of kind p.Kind.
+func (e *Engine) readyCheck(p Proc) func(context.Context) error {
+	switch p.Kind {
+	case KindIstiod:
+		return func(ctx context.Context) error { return istiodReady(ctx, e.Paths) }
+	case KindAgent:
+		return func(ctx context.Context) error { return agentReady(ctx, e.Paths, p.Node) }
+	case KindZtunnel:
+		return func(ctx context.Context) error { return ztunnelReady(ctx, p.Node) }
+	default:
+		return func(context.Context) error {
+			if !p.Alive() {
+				return fmt.Errorf("%s exited", p.Name)
+			}
+			return nil
+		}
+	}
+}

@@ -1,0 +1,93 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ambit-mesh/ambit/pkg/netns/netnstest"
+)
+
+func TestProcTableFind(t *testing.T) {
+	tab := &procTable{Procs: []Proc{{Name: "istiod"}, {Name: "ztunnel-node-a"}}}
+	if i, err := tab.find("ztunnel-node-a"); i != 1 || err != nil {
+		t.Errorf("find = %d, %v", i, err)
+	}
+	_, err := tab.find("ztunnel-node-z")
+	if !errors.Is(err, ErrNoProcess) || !strings.Contains(err.Error(), "istiod, ztunnel-node-a") {
+		t.Errorf("unknown name: %v, want ErrNoProcess listing the names", err)
+	}
+}
+
+// TestStopStart runs the bookkeeping of stop and start on a real process
+// (sleep) in a namespace of its own: stop kills it and records it stopped,
+// start launches the recorded command again with its environment and
+// clears the mark, and both are no-ops the second time.
+func TestStopStart(t *testing.T) {
+	netnstest.RequireRoot(t)
+	const nsName = "ambit-t-ctl-stopstart"
+	netnstest.New(t, nsName)
+	sleep, err := (&Engine{}).FindBinary("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Engine{Paths: Paths{Dir: t.TempDir()}}
+	p, _, err := launch(nsName, sleep, []string{"300"}, []string{"MARK=1"}, e.Paths.Log("pod-t-sleeper"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Name, p.Kind, p.Pod = "pod-t-sleeper", KindPod, "t/sleeper"
+	tab := &procTable{Procs: []Proc{{Name: "istiod", Kind: KindIstiod}, p}}
+	if err := tab.save(e.Paths.Procs()); err != nil {
+		t.Fatal(err)
+	}
+	load := func() Proc {
+		t.Helper()
+		tab, err := loadProcs(e.Paths.Procs())
+		if err != nil || len(tab.Procs) != 2 {
+			t.Fatalf("procs.json: %+v %v", tab, err)
+		}
+		return tab.Procs[1]
+	}
+	t.Cleanup(func() { stopProcs([]Proc{load()}, e.stopGrace()) })
+	ctx := context.Background()
+
+	if err := e.Stop(ctx, "nope"); !errors.Is(err, ErrNoProcess) {
+		t.Errorf("stop of an unknown name: %v", err)
+	}
+	for range 2 {
+		if err := e.Stop(ctx, "pod-t-sleeper"); err != nil {
+			t.Fatal(err)
+		}
+		got := load()
+		if !got.Stopped || got.PID != p.PID || p.Alive() {
+			t.Fatalf("after stop: %+v, old process alive %v", got, p.Alive())
+		}
+	}
+	st := procStatus(ctx, e.Paths, load())
+	if st.Alive || !st.Stopped || !strings.Contains(st.Detail, "ambitctl local start pod-t-sleeper") {
+		t.Errorf("status of a stopped process: %+v", st)
+	}
+
+	if err := e.Start(ctx, "pod-t-sleeper"); err != nil {
+		t.Fatal(err)
+	}
+	got := load()
+	if got.Stopped || got.PID == p.PID || !got.Alive() || got.Netns != nsName || got.Pod != "t/sleeper" {
+		t.Fatalf("after start: %+v alive %v", got, got.Alive())
+	}
+	env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(got.PID), "environ"))
+	if err != nil || !strings.Contains(string(env), "MARK=1") {
+		t.Errorf("restarted process lacks its recorded environment (%v)", err)
+	}
+	if err := e.Start(ctx, "pod-t-sleeper"); err != nil {
+		t.Fatal(err)
+	}
+	if again := load(); again.PID != got.PID {
+		t.Errorf("start of a running process relaunched it: pid %d -> %d", got.PID, again.PID)
+	}
+}

@@ -63,7 +63,7 @@ func Build(s *config.Snapshot, opts Options) (*Resources, []error) {
 		w := BuildWorkload(pod, idx.Namespace(pod.Namespace), idx, o)
 		if w == nil {
 			if hasBadIP(pod.Status.PodIP, pod.Status.PodIPs) {
-				errs = append(errs, fmt.Errorf("Pod %s: field status.podIPs: an address does not parse; the pod is left out", k))
+				errs = append(errs, fmt.Errorf("pod %s: field status.podIPs: an address does not parse; the pod is left out", k))
 			}
 			continue
 		}
@@ -74,7 +74,7 @@ func Build(s *config.Snapshot, opts Options) (*Resources, []error) {
 		ws := BuildService(svc, idx, o)
 		if ws == nil {
 			if len(vips(svc)) > 0 && svc.Spec.Type != corev1.ServiceTypeExternalName {
-				errs = append(errs, fmt.Errorf("Service %s: field spec.clusterIPs: an address does not parse; the service is left out", k))
+				errs = append(errs, fmt.Errorf("service %s: field spec.clusterIPs: an address does not parse; the service is left out", k))
 			}
 			continue
 		}

@@ -255,7 +255,8 @@ func TestStreamRateLimit(t *testing.T) {
 	c1 := dial(t, d, true)
 	c1.syncAll(nil)
 	c2 := dial(t, d, true)
-	c2.subscribe(xds.TypeAddress, nil)
+	// The server may refuse the stream before the request is sent.
+	_ = c2.stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.TypeAddress})
 	select {
 	case err := <-c2.errc:
 		if status.Code(err) != codes.ResourceExhausted {
@@ -274,7 +275,7 @@ func TestAuthorizeHook(t *testing.T) {
 	d, _ := startIstiod(t, xdstest.Options{XDS: xds.Options{Authorize: func(context.Context) error { return errNo }}})
 	d.XDS.Set(xdstest.Mesh(1, 1, 1))
 	c := dial(t, d, true)
-	c.subscribe(xds.TypeAddress, nil)
+	_ = c.stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.TypeAddress})
 	select {
 	case err := <-c.errc:
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no token") {

@@ -3,9 +3,11 @@ package xds
 import (
 	"fmt"
 	"strconv"
+	"sync"
 
 	"github.com/cespare/xxhash/v2"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"istio.io/istio/pkg/workloadapi"
@@ -67,7 +69,40 @@ type typeSnapshot struct {
 	gen     uint64
 	entries map[string]*entry
 	history []step // ascending; history[len-1].to == gen
+
+	// full is the encoded response holding every entry, made once on
+	// first use and sent as is to every new wildcard stream.
+	fullOnce sync.Once
+	full     *grpc.PreparedMsg
+	fullErr  error
 }
+
+// fullResponse returns t's whole content as one response encoded for gs's
+// codec, with nonce fullNonce(t.gen); it is encoded once and shared.
+func (t *typeSnapshot) fullResponse(gs grpc.ServerStream, typeURL string) (*grpc.PreparedMsg, error) {
+	t.fullOnce.Do(func() {
+		resp := &discovery.DeltaDiscoveryResponse{
+			SystemVersionInfo: strconv.FormatUint(t.gen, 10),
+			TypeUrl:           typeURL,
+			Resources:         make([]*discovery.Resource, 0, len(t.entries)),
+			Nonce:             fullNonce(t.gen),
+		}
+		for _, e := range t.entries {
+			resp.Resources = append(resp.Resources, e.res)
+		}
+		pm := &grpc.PreparedMsg{}
+		if err := pm.Encode(gs, resp); err != nil {
+			t.fullErr = fmt.Errorf("encoding the full %s response: %w", typeURL, err)
+			return
+		}
+		t.full = pm
+	})
+	return t.full, t.fullErr
+}
+
+// fullNonce is the nonce of a shared full response. A stream gets at most
+// one per type and generation; other responses have numeric nonces.
+func fullNonce(gen uint64) string { return "full-" + strconv.FormatUint(gen, 10) }
 
 // snapshot is the immutable state of every type.
 type snapshot struct {

@@ -51,6 +51,9 @@ type watch struct {
 	force map[string]struct{}
 	// respond: a response is owed even if empty (first request).
 	respond bool
+	// lastFull is 1 + the generation of the last shared full response
+	// sent (0: none), so a nonce is never reused on the stream.
+	lastFull uint64
 }
 
 // absent marks an explicit name the client was told does not exist.
@@ -190,7 +193,25 @@ func (st *stream) push() error {
 		if w == nil {
 			continue
 		}
-		ups, rms := w.diff(snap.types[idx])
+		cur := snap.types[idx]
+		if w.wildcard && w.have == nil && w.initial == nil && len(w.names) == 0 && w.lastFull != cur.gen+1 {
+			// A new wildcard client: send the shared, pre-encoded
+			// full state.
+			pm, err := cur.fullResponse(st.gs, typeURLs[idx])
+			if err != nil {
+				return err
+			}
+			w.have, w.respond, w.lastFull = cur, false, cur.gen+1
+			clear(w.force)
+			st.lastNonce[idx] = fullNonce(cur.gen)
+			if err := st.gs.SendMsg(pm); err != nil {
+				return err
+			}
+			st.srv.stats.pushes.Add(1)
+			st.srv.stats.resourcesSent.Add(uint64(len(cur.entries)))
+			continue
+		}
+		ups, rms := w.diff(cur)
 		if len(ups) == 0 && len(rms) == 0 && !w.respond {
 			continue
 		}

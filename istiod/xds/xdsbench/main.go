@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,6 +52,8 @@ type config struct {
 	timeout                                         time.Duration
 }
 
+var window = flag.Int("window", 4<<20, "raw clients' HTTP/2 stream and connection window")
+
 func main() {
 	var c config
 	serve := flag.Bool("serve", false, "internal: run the server side, driven over stdin")
@@ -62,14 +65,35 @@ func main() {
 	flag.StringVar(&c.client, "client", "ztunnel", "client kind: ztunnel (ztunnel/xds into a state store) or raw (receive and ACK only)")
 	flag.DurationVar(&c.debounce, "debounce", xds.DefaultDebounce, "server debounce")
 	flag.DurationVar(&c.timeout, "timeout", 5*time.Minute, "give up after this long")
+	cpuprofile := flag.String("cpuprofile", "", "write the clients' process CPU profile here")
 	flag.Parse()
 	var err error
+	if *serve && *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	if *cpuprofile != "" && !*serve {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "xdsbench:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "xdsbench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if *serve {
 		err = runServer(c)
 	} else {
 		err = run(c)
 	}
 	if err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "xdsbench:", err)
 		os.Exit(1)
 	}
@@ -144,7 +168,7 @@ func startServer(c config) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "-serve",
+	cmd := exec.Command(exe, "-serve", "-cpuprofile", os.Getenv("XDSBENCH_SERVER_PROFILE"),
 		"-workloads", strconv.Itoa(c.workloads), "-services", strconv.Itoa(c.services),
 		"-policies", strconv.Itoa(c.policies), "-debounce", c.debounce.String())
 	cmd.Stderr = os.Stderr
@@ -300,7 +324,8 @@ type rawClient struct {
 func newRaw(s *server, i int) (client, error) {
 	conn, err := grpc.NewClient(s.addr,
 		grpc.WithTransportCredentials(credentials.NewClientTLSFromCert(s.pool, xdstest.ServerName)),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512<<20)),
+		grpc.WithInitialWindowSize(int32(*window)), grpc.WithInitialConnWindowSize(int32(*window)))
 	if err != nil {
 		return nil, err
 	}

@@ -139,6 +139,10 @@ func Workload(i, services, policies, rev int) *workloadapi.Address {
 		ClusterId:         "Kubernetes",
 		Locality:          &workloadapi.Locality{Region: "region-1", Zone: fmt.Sprintf("zone-%d", i%3)},
 		Capacity:          wrapperspb.UInt32(1),
+		Waypoint: &workloadapi.GatewayAddress{
+			Destination:   &workloadapi.GatewayAddress_Hostname{Hostname: &workloadapi.NamespacedHostname{Namespace: n, Hostname: "waypoint." + n + ".svc.cluster.local"}},
+			HboneMtlsPort: 15008,
+		},
 	}
 	if services > 0 {
 		s := i % services

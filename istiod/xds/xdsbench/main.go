@@ -9,8 +9,9 @@
 // The reference (DESIGN.md section 7): Istio's pilot-discovery syncs 100
 // clients with 11,001 addresses in p50 2-5 s and delivers a change to all
 // 100 in p50 ~120 ms, peaking at 0.7-1.2 GB RSS. Here the clients share the
-// machine's cores with the server; -client=raw makes them only receive and
-// ACK (no decoding into a store) to show the server's part.
+// machine's cores with the server: -client=ztunnel runs ztunnel's own client
+// and store, -client=raw decodes responses but keeps nothing, and
+// -client=lite only scans the wire format, to show the server's part.
 package main
 
 import (
@@ -62,7 +63,7 @@ func main() {
 	flag.IntVar(&c.services, "services", 1001, "services (Address resources)")
 	flag.IntVar(&c.policies, "policies", 100, "authorization policies")
 	flag.IntVar(&c.changes, "changes", 30, "changes to propagate (alternately a workload and a policy)")
-	flag.StringVar(&c.client, "client", "ztunnel", "client kind: ztunnel (ztunnel/xds into a state store) or raw (receive and ACK only)")
+	flag.StringVar(&c.client, "client", "ztunnel", "client kind: ztunnel (ztunnel/xds into a state store), raw (decode the response, ACK) or lite (scan the wire format, ACK)")
 	flag.DurationVar(&c.debounce, "debounce", xds.DefaultDebounce, "server debounce")
 	flag.DurationVar(&c.timeout, "timeout", 5*time.Minute, "give up after this long")
 	cpuprofile := flag.String("cpuprofile", "", "write the clients' process CPU profile here")
@@ -345,7 +346,7 @@ func (r *rawClient) run(ctx context.Context, i int) {
 		for j, t := range []string{xds.TypeAddress, xds.TypeAuthorization} {
 			req := &discovery.DeltaDiscoveryRequest{TypeUrl: t, ResourceNamesSubscribe: []string{"*"}}
 			if j == 0 {
-				req.Node = &core.Node{Id: fmt.Sprintf("raw-%d", i)}
+				req.Node = nodeProto(fmt.Sprintf("raw-%d", i))
 			}
 			_ = st.Send(req)
 		}
@@ -388,6 +389,8 @@ func (r *rawClient) has(_, name string, _ int, since time.Time) bool {
 	return r.seen[name].After(since)
 }
 
+func nodeProto(id string) *core.Node { return &core.Node{Id: id} }
+
 func percentile(d []time.Duration, p float64) time.Duration {
 	if len(d) == 0 {
 		return 0
@@ -422,11 +425,16 @@ func run(c config) error {
 	hwm0, rss0, cpu0 := proc(pid)
 	fmt.Printf("server idle with the state: RSS %.0f MiB (peak %.0f MiB), CPU %.2f s so far\n", rss0, hwm0, cpu0)
 
-	newClient := newZtunnel
-	if c.client == "raw" {
+	var newClient func(*server, int) (client, error)
+	switch c.client {
+	case "ztunnel":
+		newClient = newZtunnel
+	case "raw":
 		newClient = newRaw
-	} else if c.client != "ztunnel" {
-		return fmt.Errorf("-client %q: want ztunnel or raw", c.client)
+	case "lite":
+		newClient = newLite
+	default:
+		return fmt.Errorf("-client %q: want ztunnel, raw or lite", c.client)
 	}
 	deadline := time.Now().Add(c.timeout)
 	t0 := time.Now()

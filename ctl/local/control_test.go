@@ -91,3 +91,25 @@ func TestStopStart(t *testing.T) {
 		t.Errorf("start of a running process relaunched it: pid %d -> %d", got.PID, again.PID)
 	}
 }
+
+// TestLockFileRemoved: down removes the lock file while holding it; the
+// next command locks a new file instead of the removed one.
+func TestLockFileRemoved(t *testing.T) {
+	e := &Engine{Paths: Paths{Dir: filepath.Join(t.TempDir(), "state")}}
+	unlock, err := e.lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if _, err := e.lock(); err == nil || !strings.Contains(err.Error(), "another ambitctl local command") {
+		t.Fatalf("second lock while held: %v", err)
+	}
+	if err := os.Remove(e.Paths.Lock()); err != nil {
+		t.Fatal(err)
+	}
+	unlock2, err := e.lock()
+	if err != nil {
+		t.Fatalf("lock after the file was removed: %v", err)
+	}
+	unlock2()
+}

@@ -95,20 +95,31 @@ func RequirePrivileges() error {
 	return nil
 }
 
-// lock takes the exclusive lock; the returned func releases it.
+// lock takes the exclusive lock; the returned func releases it. Down
+// removes the lock file while holding it, so a lock taken on a file that
+// was removed meanwhile is dropped and taken again on the new file.
 func (e *Engine) lock() (func(), error) {
-	if err := os.MkdirAll(filepath.Dir(e.Paths.Lock()), 0o755); err != nil {
+	path := e.Paths.Lock()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(e.Paths.Lock(), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	for range 3 {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("another ambitctl local command holds %s; wait for it to finish", path)
+		}
+		held, err1 := f.Stat()
+		now, err2 := os.Stat(path)
+		if err1 == nil && err2 == nil && os.SameFile(held, now) {
+			return func() { f.Close() }, nil
+		}
 		f.Close()
-		return nil, fmt.Errorf("another ambitctl local command holds %s; wait for it to finish", e.Paths.Lock())
 	}
-	return func() { f.Close() }, nil
+	return nil, fmt.Errorf("%s keeps being removed while locking it; is another ambitctl local down running?", path)
 }
 
 // FindBinary returns the path of a binary: from BinDirs first, then PATH.

@@ -275,6 +275,9 @@ func (e *Engine) down(ctx context.Context, quiet bool) error {
 	_, statErr := os.Stat(e.Paths.Dir)
 	if len(names) == 0 && len(procs.Procs) == 0 && os.IsNotExist(statErr) {
 		say("no local mesh found; nothing to do")
+		if !quiet {
+			_ = os.Remove(e.Paths.Lock())
+		}
 		return nil
 	}
 	if quiet {
@@ -320,6 +323,12 @@ func (e *Engine) down(ctx context.Context, quiet bool) error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
+	}
+	if !quiet {
+		// Still held: lock() in other commands notices the removal.
+		if err := os.Remove(e.Paths.Lock()); err != nil && !os.IsNotExist(err) {
+			return err
+		}
 	}
 	say("local mesh removed: %d processes stopped, %d network namespaces deleted, %s removed", len(procs.Procs), len(names), e.Paths.Dir)
 	return nil

@@ -203,7 +203,9 @@ func ambitlNetns(t *testing.T) []string {
 
 func TestDemoLifecycle(t *testing.T) {
 	requireBinaries(t)
+	requireTools(t, "ip", "nft")
 	m := newMesh(t)
+	vethsBefore := rootVeths(t)
 	out := m.must("up", "-f", demoFile)
 	for _, want := range []string{"creating node node-a", "pod demo/client 10.244.", "enrolled, captured", "local mesh ready"} {
 		if !strings.Contains(out, want) {
@@ -320,14 +322,80 @@ pods:
 	if _, err := os.Stat(m.state); !os.IsNotExist(err) {
 		t.Errorf("state dir %s still exists after down (%v)", m.state, err)
 	}
+	assertNothingLeft(t, m, vethsBefore)
 	if out, err := m.run("down"); err != nil {
 		t.Errorf("second down: %v\n%s", err, out)
+	}
+	assertNothingLeft(t, m, vethsBefore)
+}
+
+// rootVeths lists the veth links of the root network namespace.
+func rootVeths(t *testing.T) map[string]bool {
+	t.Helper()
+	out, err := exec.Command("ip", "-o", "link", "show", "type", "veth").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip link: %v: %s", err, out)
+	}
+	names := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) > 1 {
+			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+			names[name] = true
+		}
+	}
+	return names
+}
+
+// assertNothingLeft checks that local mode left nothing of its own: no
+// ambitl- namespace, no link of its own in the root namespace (ambitl-*,
+// or a veth that was not there before up), no process whose command line
+// names the state dir, no state dir or lock file, no ambit nftables table
+// in the root namespace.
+func assertNothingLeft(t *testing.T, m *mesh, vethsBefore map[string]bool) {
+	t.Helper()
+	if left := ambitlNetns(t); len(left) > 0 {
+		t.Errorf("network namespaces left after down: %v", left)
+	}
+	links, err := exec.Command("ip", "-o", "link").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip link: %v: %s", err, links)
+	}
+	for _, line := range strings.Split(string(links), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], "ambitl") {
+			t.Errorf("link left in the root namespace: %s", line)
+		}
+	}
+	for name := range rootVeths(t) {
+		if !vethsBefore[name] {
+			t.Errorf("veth %s appeared in the root namespace during the test", name)
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte(m.state)) && !strings.HasPrefix(p, fmt.Sprintf("/proc/%d/", os.Getpid())) {
+			t.Errorf("process left after down: %s: %s", p, bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
+	}
+	for _, p := range []string{m.state, m.state + ".lock"} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left after down (%v)", p, err)
+		}
+	}
+	tables, err := exec.Command("nft", "list", "tables").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list tables: %v: %s", err, tables)
+	}
+	if strings.Contains(string(tables), "ambit") {
+		t.Errorf("nftables table of local mode in the root namespace: %s", tables)
 	}
 }
 
 func TestDownAfterCrash(t *testing.T) {
 	requireBinaries(t)
+	requireTools(t, "ip", "nft")
 	m := newMesh(t)
+	vethsBefore := rootVeths(t)
 	topo := filepath.Join(t.TempDir(), "one.yaml")
 	os.WriteFile(topo, []byte(`
 nodes: [{name: solo}]
@@ -350,6 +418,7 @@ pods:
 	if len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("processes of the test binaries still run: %s", out)
 	}
+	assertNothingLeft(t, m, vethsBefore)
 }
 
 func TestUpRejectsInvalidTopology(t *testing.T) {

@@ -17,11 +17,14 @@
 // (ZtunnelConfig, pure), istiod's CA dir and token file, per-node sockets
 // and CNI config, logs, and procs.json, which records every process started
 // (pid and start time) so that status and down find them. Processes are
-// started with nsenter as their own process groups.
+// started with nsenter as their own process groups. Stop and Start take one
+// of them down and up again (its recorded command, environment and netns),
+// marking it stopped in procs.json in between; the pods are not touched.
 //
-// Concurrency: Up, Apply, Delete and Down take an exclusive flock beside the
-// state dir; Status and Exec only read. Every namespace name starts with
-// ambitl-, so Down finds and removes leftovers of a crashed run (and the
-// processes inside them) even without procs.json. Network namespace names
-// are global: one local mesh per machine.
+// Concurrency: Up, Apply, Delete, Stop, Start and Down take an exclusive
+// flock beside the state dir (Down removes the lock file as well); Status
+// and Exec only read. Every namespace name starts with ambitl-, so Down
+// finds and removes leftovers of a crashed run (and the processes inside
+// them) even without procs.json. Network namespace names are global: one
+// local mesh per machine.
 package local

@@ -49,3 +49,20 @@ func TestRunUsage(t *testing.T) {
 		t.Errorf("no args: code %d", code)
 	}
 }
+
+func TestStopStartUsage(t *testing.T) {
+	getenv := func(string) string { return "" }
+	for _, args := range [][]string{{"local", "stop"}, {"local", "start", "a", "b"}, {"local", "start", "a", "--timeout", "5s"}} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), args, getenv, nil, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "PROCESS") {
+			t.Errorf("%v: code %d, stderr %q", args, code, errOut.String())
+		}
+	}
+	var out bytes.Buffer
+	run(context.Background(), []string{"local", "--help"}, getenv, nil, &out, &out)
+	for _, want := range []string{"stop PROCESS", "start [--timeout 60s] PROCESS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+}

@@ -8,7 +8,9 @@
 #   KUBE_BINARIES  space-separated commands to build
 #                  (default "kube-apiserver kube-controller-manager kubectl")
 #
-# Binaries land in $AMBIT_CACHE/kube-$KUBE_VERSION/bin, never in the repository.
+# Binaries land in $AMBIT_CACHE/kube-$KUBE_VERSION/bin, never in the repository,
+# with a link to etcd so the directory also serves as KUBEBUILDER_ASSETS.
+# The last line of stdout is that directory.
 # The first run compiles kube-apiserver from source: ~10 minutes on 2 cores.
 set -euo pipefail
 
@@ -141,4 +143,6 @@ if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
 fi
 install_etcd
 build_binaries
+# envtest finds etcd next to kube-apiserver (KUBEBUILDER_ASSETS=$BIN_DIR).
+[ -e "$BIN_DIR/etcd" ] || ln -s "$(command -v etcd)" "$BIN_DIR/etcd"
 echo "$BIN_DIR"

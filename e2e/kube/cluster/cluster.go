@@ -173,7 +173,6 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 		"--listen-peer-urls=" + peerURL,
 		"--initial-advertise-peer-urls=" + peerURL,
 		"--initial-cluster=default=" + peerURL,
-		"--listen-metrics-urls=",
 		"--logger=zap",
 		"--log-level=warn",
 	})
@@ -258,6 +257,10 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 		"--cluster-signing-cert-file=" + p.caCert,
 		"--cluster-signing-key-file=" + p.caKey,
 		"--service-cluster-ip-range=" + ServiceCIDR,
+		// No kubelet posts node heartbeats: the node lifecycle controller
+		// would mark every test node's pods NotReady after ~50s. A test
+		// running real kubelets passes --controllers=* to have it back.
+		"--controllers=*,-node-lifecycle-controller",
 		"--kube-api-qps=200",
 		"--kube-api-burst=400",
 	}, opts.ControllerManagerArgs...)

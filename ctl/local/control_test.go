@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/netns/netnstest"
 )
@@ -80,7 +81,17 @@ func TestStopStart(t *testing.T) {
 	if got.Stopped || got.PID == p.PID || !got.Alive() || got.Netns != nsName || got.Pod != "t/sleeper" {
 		t.Fatalf("after start: %+v alive %v", got, got.Alive())
 	}
-	env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(got.PID), "environ"))
+	// Right after fork the child still shows the parent's environment; poll
+	// until it has exec'd.
+	var env []byte
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		env, err = os.ReadFile(filepath.Join("/proc", strconv.Itoa(got.PID), "environ"))
+		if err == nil && strings.Contains(string(env), "MARK=1") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err != nil || !strings.Contains(string(env), "MARK=1") {
 		t.Errorf("restarted process lacks its recorded environment (%v)", err)
 	}

@@ -1,0 +1,145 @@
+package pilot_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
+	"github.com/ambit-mesh/ambit/e2e/kube/pilot"
+	"github.com/ambit-mesh/ambit/istiod/config"
+)
+
+// fixtureReady reports whether a snapshot holds every fixture object in its
+// final state (pod status written).
+func fixtureReady(s *config.Snapshot) error {
+	for _, fp := range fixturePods {
+		p := s.Pods[config.Key(fp.ns, fp.name)]
+		if p == nil {
+			return fmt.Errorf("pod %s/%s not seen", fp.ns, fp.name)
+		}
+		if p.Status.PodIP != fp.ip {
+			return fmt.Errorf("pod %s/%s: IP %q, want %q", fp.ns, fp.name, p.Status.PodIP, fp.ip)
+		}
+	}
+	for _, svc := range fixtureServices {
+		if s.Services[config.Key(svc.Namespace, svc.Name)] == nil {
+			return fmt.Errorf("service %s/%s not seen", svc.Namespace, svc.Name)
+		}
+	}
+	for _, p := range fixturePolicies() {
+		if s.AuthorizationPolicies[config.Key(p.Namespace, p.Name)] == nil {
+			return fmt.Errorf("AuthorizationPolicy %s/%s not seen", p.Namespace, p.Name)
+		}
+	}
+	for _, p := range fixturePeerAuthentications() {
+		if s.PeerAuthentications[config.Key(p.Namespace, p.Name)] == nil {
+			return fmt.Errorf("PeerAuthentication %s/%s not seen", p.Namespace, p.Name)
+		}
+	}
+	return nil
+}
+
+// TestPilot applies the fixture once, starts pilot-discovery, and runs the
+// differential and interop tests against it.
+func TestPilot(t *testing.T) {
+	c := cluster.Shared(t)
+	p := startPilot(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	applyFixture(ctx, t, c)
+
+	t.Run("Differential", func(t *testing.T) { testDifferential(ctx, t, c, p) })
+	t.Run("Interop", func(t *testing.T) { testInterop(ctx, t, c, p) })
+}
+
+// convergeTimeout bounds how long pilot may take to reflect the fixture
+// (its debounce is 100 ms; informer events arrive within a second).
+const convergeTimeout = 30 * time.Second
+
+func testDifferential(ctx context.Context, t *testing.T, c *cluster.Cluster, p *pilot.Pilot) {
+	ambitW, buildErrs := ambitSide(ctx, t, c, fixtureReady)
+	for _, err := range buildErrs {
+		t.Logf("Ambit build note: %v", err)
+	}
+	want := ambitW.Resources()
+	pw := pilotWatch(ctx, t, c, p)
+
+	cctx, cancel := context.WithTimeout(ctx, convergeTimeout)
+	defer cancel()
+	var report []string
+	err := pw.WaitFor(cctx, "pilot's resources to equal Ambit's", func(got pilot.Resources) error {
+		report = diffResources(got, want)
+		if len(report) > 0 {
+			return fmt.Errorf("%d differences", len(report))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("%v\n%s", err, strings.Join(report, "\n"))
+	}
+	if n := pw.NACKs(); len(n) > 0 {
+		t.Errorf("pilot's responses were NACKed: %v", n)
+	}
+	got := pw.Resources()
+	t.Logf("pilot: %d addresses, %d authorizations; Ambit: %d addresses, %d authorizations",
+		len(got.Addresses), len(got.Authorizations), len(want.Addresses), len(want.Authorizations))
+}
+
+// diffResources compares pilot's (got) and Ambit's (want) resources by xDS
+// name after the documented normalizations, and describes each difference.
+func diffResources(got, want pilot.Resources) []string {
+	var out []string
+	out = append(out, diffMaps("Address", normalizeAll(got.Addresses, normalizeAddress), normalizeAll(want.Addresses, normalizeAddress))...)
+	out = append(out, diffMaps("Authorization", normalizeAll(got.Authorizations, normalizeAuthorization), normalizeAll(want.Authorizations, normalizeAuthorization))...)
+	return out
+}
+
+func normalizeAll[T proto.Message](m map[string]T, norm func(string, T) (string, bool)) map[string]T {
+	out := make(map[string]T, len(m))
+	for k, v := range m {
+		c := proto.Clone(v).(T)
+		if nk, keep := norm(k, c); keep {
+			out[nk] = c
+		}
+	}
+	return out
+}
+
+func diffMaps[T proto.Message](kind string, got, want map[string]T) []string {
+	keys := map[string]bool{}
+	for k := range got {
+		keys[k] = true
+	}
+	for k := range want {
+		keys[k] = true
+	}
+	names := make([]string, 0, len(keys))
+	for k := range keys {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var out []string
+	for _, k := range names {
+		g, gok := got[k]
+		w, wok := want[k]
+		switch {
+		case !wok:
+			out = append(out, fmt.Sprintf("%s %s: only from pilot:\n%s", kind, k, protoText(g)))
+		case !gok:
+			out = append(out, fmt.Sprintf("%s %s: only from Ambit:\n%s", kind, k, protoText(w)))
+		default:
+			if d := cmp.Diff(g, w, protocmp.Transform()); d != "" {
+				out = append(out, fmt.Sprintf("%s %s (-pilot +ambit):\n%s", kind, k, d))
+			}
+		}
+	}
+	return out
+}

@@ -76,6 +76,10 @@ type Config struct {
 	// Ready, if set, is part of Status: e.g. "the plugin is installed" and
 	// "the ZDS server is serving".
 	Ready func(ctx context.Context) error
+	// Annotator, if set, marks pods as captured or released in the
+	// cluster: Reconcile makes every source pod's mark (Pod.Redirected)
+	// match whether the agent tracks it, and Enroll marks a pod at once.
+	Annotator Annotator
 	// Logger; discards if nil.
 	Logger *slog.Logger
 }
@@ -231,6 +235,12 @@ func (a *Agent) Enroll(ctx context.Context, req agentapi.EnrollRequest) (agentap
 		return agentapi.EnrollResponse{}, err
 	}
 	log.Info("pod enrolled", "reason", d.Reason, "netns", req.Netns)
+	if a.cfg.Annotator != nil && !pod.Redirected {
+		// Best effort: the ADD succeeded; Reconcile retries the mark.
+		if err := a.cfg.Annotator.Annotate(ctx, pod, true); err != nil {
+			log.Warn("marking pod captured (retried at the next reconcile)", "err", err)
+		}
+	}
 	return agentapi.EnrollResponse{Enrolled: true, Reason: d.Reason}, nil
 }
 
@@ -538,6 +548,32 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		if err := a.reconcileRelease(ctx, uid); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := a.reconcileMarks(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// reconcileMarks makes each source pod's captured mark match whether the
+// agent tracks it (no-op without an Annotator). It reads the source again:
+// the steps above changed what is tracked.
+func (a *Agent) reconcileMarks(ctx context.Context) error {
+	if a.cfg.Annotator == nil {
+		return nil
+	}
+	pods, _ := a.cfg.Source.Pods()
+	var errs []error
+	for _, p := range pods {
+		_, captured := a.lookup(p.UID)
+		if captured == p.Redirected {
+			continue
+		}
+		if err := a.cfg.Annotator.Annotate(ctx, p, captured); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		a.log.Debug("pod mark updated", "pod", p.Name, "namespace", p.Namespace, "captured", captured)
 	}
 	return errors.Join(errs...)
 }

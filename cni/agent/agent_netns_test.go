@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -104,6 +105,10 @@ type env struct {
 	gen     int64
 	st      localcluster.State
 
+	// marks, if set before start, is the agent's Annotator and overlays
+	// its marks on the source's pods.
+	marks *markStore
+
 	zdsPath string
 	srv     *zds.Server
 	src     *agent.LocalSource
@@ -192,10 +197,15 @@ func (e *env) start(run bool) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	a, err = agent.New(agent.Config{
+	cfg := agent.Config{
 		Node: node, Source: e.src, Capture: e.backend, ZDS: srv,
 		PodWait: 3 * time.Second, ZtunnelWait: 300 * time.Millisecond, ResyncInterval: time.Hour,
-	})
+	}
+	if e.marks != nil {
+		e.marks.PodSource = e.src
+		cfg.Source, cfg.Annotator = e.marks, e.marks
+	}
+	a, err = agent.New(cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -522,4 +532,83 @@ func TestReleaseIdempotent(t *testing.T) {
 	}
 	z.expectNone(t)
 	e.requireNoRules(a)
+}
+
+// markStore is a fake cluster's pod marks: an Annotator whose marks show as
+// Pod.Redirected in the wrapped source's pods.
+type markStore struct {
+	agent.PodSource
+	mu    sync.Mutex
+	marks map[string]bool
+	calls chan string // "uid=true|false" per Annotate
+}
+
+func newMarkStore() *markStore {
+	return &markStore{marks: map[string]bool{}, calls: make(chan string, 100)}
+}
+
+func (m *markStore) Annotate(_ context.Context, p agent.Pod, captured bool) error {
+	m.mu.Lock()
+	m.marks[p.UID] = captured
+	m.mu.Unlock()
+	m.calls <- fmt.Sprintf("%s=%v", p.UID, captured)
+	return nil
+}
+
+func (m *markStore) Pods() ([]agent.Pod, bool) {
+	pods, synced := m.PodSource.Pods()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range pods {
+		pods[i].Redirected = m.marks[pods[i].UID]
+	}
+	return pods, synced
+}
+
+func (m *markStore) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case c := <-m.calls:
+		return c
+	case <-time.After(testWait):
+		t.Fatal("no Annotate call")
+		return ""
+	}
+}
+
+func TestReconcileMarksPods(t *testing.T) {
+	e := newEnv(t)
+	e.marks = newMarkStore()
+	a := e.pod("a", "mesh", true)
+	b := e.pod("b", "plain", true)
+	e.setPods(a, b)
+	e.start(true)
+	e.ztunnel()
+	if got := e.marks.next(t); got != a.UID+"=true" {
+		t.Fatalf("first mark %q, want %s=true", got, a.UID)
+	}
+	e.setNamespaceLabel("mesh", "")
+	if got := e.marks.next(t); got != a.UID+"=false" {
+		t.Fatalf("mark %q, want %s=false", got, a.UID)
+	}
+	e.requireNoRules(a)
+	// Enroll (CNI ADD) marks at once.
+	if _, err := e.enroll(b); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-e.marks.calls:
+		t.Fatalf("unexpected mark %q: b is not enrolled", got)
+	default:
+	}
+	e.setNamespaceLabel("plain", enrollment.ModeAmbient)
+	if got := e.marks.next(t); got != b.UID+"=true" {
+		t.Fatalf("mark %q, want %s=true", got, b.UID)
+	}
+	e.requireCaptured(b)
+	select {
+	case got := <-e.marks.calls:
+		t.Fatalf("unexpected mark %q after convergence", got)
+	case <-time.After(200 * time.Millisecond):
+	}
 }

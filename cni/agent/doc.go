@@ -6,9 +6,16 @@
 // # Pod source
 //
 // The agent learns about the pods of its node from a PodSource: local mode's
-// cluster state file (LocalSource) or, later, a Kubernetes informer. Whether a
-// pod is enrolled is decided by package enrollment from the pod's and its
-// namespace's labels.
+// cluster state file (LocalSource) or the API server (KubeSource: informers
+// on the node's Pods and on Namespaces). Whether a pod is enrolled is decided
+// by package enrollment from the pod's and its namespace's labels.
+//
+// In Kubernetes the agent also marks captured pods with the annotation
+// ambient.istio.io/redirection: enabled and removes it on release (an
+// Annotator; Reconcile keeps the marks level-triggered). Kubernetes does not
+// publish a pod's netns: the agent learns it from CNI ADD, and Reconcile
+// can capture a pod that became enrolled after it started only when the
+// pod's NetnsAnnotation names it (the test node writes it; see KubeSource).
 //
 // # State and ownership
 //

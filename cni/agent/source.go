@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"net/netip"
 )
 
@@ -20,6 +21,10 @@ type Pod struct {
 	// reconciler only captures pods with IPs; pods without are the business
 	// of the CNI ADD in flight.
 	IPs []netip.Addr
+	// Redirected reports whether the pod carries the annotation saying the
+	// agent captured it (Kubernetes: RedirectionAnnotation). Sources
+	// without such a mark (local mode) leave it false and have no Annotator.
+	Redirected bool
 }
 
 // Key is namespace/name.
@@ -35,4 +40,11 @@ type PodSource interface {
 	// Changed returns a channel that is closed at the first change after the
 	// call (pods or sync state). Call Pods after it fires.
 	Changed() <-chan struct{}
+}
+
+// Annotator marks pods in the cluster as captured or not (Kubernetes:
+// RedirectionAnnotation), for other components and users to see. Optional:
+// local mode has none. Implementations return nil for pods that are gone.
+type Annotator interface {
+	Annotate(ctx context.Context, pod Pod, captured bool) error
 }

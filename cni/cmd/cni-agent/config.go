@@ -26,6 +26,7 @@ const (
 	FlagZDSSocket       = "zds-socket"
 	FlagPodSource       = "pod-source"
 	FlagClusterState    = "cluster-state"
+	FlagKubeconfig      = "kubeconfig"
 	FlagCNIBinDir       = "cni-bin-dir"
 	FlagCNIConfDir      = "cni-conf-dir"
 	FlagPluginBinary    = "plugin-binary"
@@ -44,6 +45,7 @@ const (
 	EnvZDSSocket       = "AMBIT_ZDS_SOCKET"
 	EnvPodSource       = "AMBIT_POD_SOURCE"
 	EnvClusterState    = "AMBIT_CLUSTER_STATE"
+	EnvKubeconfig      = "AMBIT_KUBECONFIG"
 	EnvCNIBinDir       = install.EnvBinDir
 	EnvCNIConfDir      = install.EnvConfDir
 	EnvPluginBinary    = install.EnvPluginBinary
@@ -72,11 +74,14 @@ const (
 
 // Config is the cni-agent's validated configuration. Paths are absolute.
 type Config struct {
-	Node            string
-	AgentSocket     string
-	ZDSSocket       string
-	PodSource       string
-	ClusterState    string
+	Node         string
+	AgentSocket  string
+	ZDSSocket    string
+	PodSource    string
+	ClusterState string
+	// Kubeconfig is the kubeconfig file for --pod-source kubernetes; empty
+	// means the in-cluster configuration (the pod's service account).
+	Kubeconfig      string
 	CNIBinDir       string
 	CNIConfDir      string
 	PluginBinary    string
@@ -107,8 +112,9 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	fs.StringVar(&c.Node, FlagNode, env(EnvNode, ""), "this node's name (required; env "+EnvNode+")")
 	fs.StringVar(&c.AgentSocket, FlagAgentSocket, env(EnvAgentSocket, agentapi.DefaultSocketPath), "unix socket the ambit-cni plugin dials (env "+EnvAgentSocket+")")
 	fs.StringVar(&c.ZDSSocket, FlagZDSSocket, env(EnvZDSSocket, zds.DefaultSocketPath), "ZDS unix socket ztunnel connects to (env "+EnvZDSSocket+")")
-	fs.StringVar(&c.PodSource, FlagPodSource, env(EnvPodSource, PodSourceLocal), "where pods come from: "+PodSourceLocal+" (env "+EnvPodSource+")")
+	fs.StringVar(&c.PodSource, FlagPodSource, env(EnvPodSource, PodSourceLocal), "where pods come from: "+PodSourceLocal+" or "+PodSourceKubernetes+" (env "+EnvPodSource+")")
 	fs.StringVar(&c.ClusterState, FlagClusterState, env(EnvClusterState, ""), "local mode's cluster state file, for --pod-source local (env "+EnvClusterState+")")
+	fs.StringVar(&c.Kubeconfig, FlagKubeconfig, env(EnvKubeconfig, ""), "kubeconfig file for --pod-source "+PodSourceKubernetes+"; empty: in-cluster config (env "+EnvKubeconfig+")")
 	fs.StringVar(&c.CNIBinDir, FlagCNIBinDir, env(EnvCNIBinDir, install.DefaultBinDir), "CNI plugin binary dir (env "+EnvCNIBinDir+")")
 	fs.StringVar(&c.CNIConfDir, FlagCNIConfDir, env(EnvCNIConfDir, install.DefaultConfDir), "CNI network config dir (env "+EnvCNIConfDir+")")
 	fs.StringVar(&c.PluginBinary, FlagPluginBinary, env(EnvPluginBinary, filepath.Join(filepath.Dir(exe), install.PluginType)), "ambit-cni binary to install (env "+EnvPluginBinary+"; default: next to cni-agent)")
@@ -143,6 +149,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 		{FlagCNIConfDir, EnvCNIConfDir, &c.CNIConfDir, false},
 		{FlagPluginBinary, EnvPluginBinary, &c.PluginBinary, false},
 		{FlagClusterState, EnvClusterState, &c.ClusterState, true},
+		{FlagKubeconfig, EnvKubeconfig, &c.Kubeconfig, true},
 	} {
 		if *p.v == "" {
 			if !p.optional {
@@ -163,9 +170,11 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 			bad(FlagClusterState, EnvClusterState, "required with --%s %s: pass the cluster state file written by `ambitctl local`", FlagPodSource, PodSourceLocal)
 		}
 	case PodSourceKubernetes:
-		bad(FlagPodSource, EnvPodSource, "%q is not implemented yet: use --%s %s with --%s", c.PodSource, FlagPodSource, PodSourceLocal, FlagClusterState)
+		if c.ClusterState != "" {
+			bad(FlagClusterState, EnvClusterState, "only for --%s %s; --%s %s reads the API server (--%s)", FlagPodSource, PodSourceLocal, FlagPodSource, PodSourceKubernetes, FlagKubeconfig)
+		}
 	default:
-		bad(FlagPodSource, EnvPodSource, "unknown pod source %q: use %q", c.PodSource, PodSourceLocal)
+		bad(FlagPodSource, EnvPodSource, "unknown pod source %q: use %q or %q", c.PodSource, PodSourceLocal, PodSourceKubernetes)
 	}
 	switch c.Capture {
 	case capture.ModeNFTables, capture.ModeIPTables, capture.ModeAuto:
@@ -193,6 +202,9 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 			continue
 		}
 		*d.dst = v
+	}
+	if c.PodSource == PodSourceLocal && c.Kubeconfig != "" {
+		bad(FlagKubeconfig, EnvKubeconfig, "only for --%s %s", FlagPodSource, PodSourceKubernetes)
 	}
 	if len(errs) == 0 {
 		if fi, err := os.Stat(c.PluginBinary); err != nil || !fi.Mode().IsRegular() {

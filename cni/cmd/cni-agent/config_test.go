@@ -50,6 +50,23 @@ func TestParseConfigLocalMode(t *testing.T) {
 	}
 }
 
+func TestParseConfigKubernetes(t *testing.T) {
+	exe := fakeExe(t)
+	c, err := parseConfig([]string{"--node", "node-a", "--pod-source", "kubernetes", "--kubeconfig", "/k/node-a.kubeconfig"}, noEnv, exe, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PodSource != PodSourceKubernetes || c.Kubeconfig != "/k/node-a.kubeconfig" || c.ClusterState != "" {
+		t.Errorf("got %+v", c)
+	}
+	// No kubeconfig: in-cluster config.
+	env := map[string]string{EnvNode: "n", EnvPodSource: "kubernetes"}
+	c, err = parseConfig(nil, func(k string) string { return env[k] }, exe, io.Discard)
+	if err != nil || c.Kubeconfig != "" || c.PodSource != PodSourceKubernetes {
+		t.Errorf("in-cluster: %+v %v", c, err)
+	}
+}
+
 func TestParseConfigDefaultsAndEnv(t *testing.T) {
 	exe := fakeExe(t)
 	env := map[string]string{EnvNode: "n1", EnvClusterState: "/c.json", EnvZtunnelWait: "2s", EnvUninstallOnExit: "true"}
@@ -85,7 +102,8 @@ func TestParseConfigErrors(t *testing.T) {
 	}{
 		{"no node", []string{"--cluster-state", "/c.json"}, nil, []string{"--node", "required"}},
 		{"no cluster state", []string{"--node", "n"}, nil, []string{"--cluster-state", "required with --pod-source local"}},
-		{"kubernetes not yet", append(base, "--pod-source", "kubernetes"), nil, []string{"--pod-source", "not implemented yet", "--pod-source local"}},
+		{"kubernetes with cluster state", append(base, "--pod-source", "kubernetes"), nil, []string{"--cluster-state", "only for --pod-source local"}},
+		{"kubeconfig with local", append(base, "--kubeconfig", "/k"), nil, []string{"--kubeconfig", "only for --pod-source kubernetes"}},
 		{"unknown source", append(base, "--pod-source", "etcd"), nil, []string{"--pod-source", `unknown pod source "etcd"`}},
 		{"capture", append(base, "--capture", "ebpf"), nil, []string{"--capture", `"ebpf"`, "nftables, iptables or auto"}},
 		{"health addr", append(base, "--health-addr", "8000"), nil, []string{"--health-addr", "host:port"}},

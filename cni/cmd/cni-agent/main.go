@@ -23,6 +23,10 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/ambit-mesh/ambit/cni/agent"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/capture"
@@ -53,6 +57,35 @@ func main() {
 	log.Info("cni-agent stopped")
 }
 
+// podSource returns the configured pod source, its Annotator (nil for local
+// mode) and the function that runs it until ctx ends.
+func podSource(cfg Config, log *slog.Logger) (agent.PodSource, agent.Annotator, func(context.Context) error, error) {
+	if cfg.PodSource == PodSourceLocal {
+		src := agent.NewLocalSource(cfg.ClusterState, cfg.Node, 0, log)
+		return src, nil, func(ctx context.Context) error { src.Run(ctx); return nil }, nil
+	}
+	var rc *rest.Config
+	var err error
+	if cfg.Kubeconfig == "" {
+		rc, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--%s %s without --%s: %w: run in a pod or pass a kubeconfig", FlagPodSource, PodSourceKubernetes, FlagKubeconfig, err)
+		}
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--%s %s: %w", FlagKubeconfig, cfg.Kubeconfig, err)
+		}
+	}
+	rc.UserAgent = "ambit-cni-agent/" + cfg.Node
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("creating the Kubernetes client: %w", err)
+	}
+	src := agent.NewKubeSource(client, cfg.Node, 0, log)
+	return src, src, src.Run, nil
+}
+
 // run serves until ctx ends or a component fails.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -62,7 +95,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--%s %s: %w", FlagCapture, cfg.Capture, err)
 	}
-	src := agent.NewLocalSource(cfg.ClusterState, cfg.Node, 0, log)
+	src, annotator, runSource, err := podSource(cfg, log)
+	if err != nil {
+		return err
+	}
 
 	var a *agent.Agent // set below, before the ZDS server serves
 	zsrv, err := zds.NewServer(zds.ServerConfig{
@@ -94,6 +130,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		ZDS:         zsrv,
 		PodWait:     cfg.PodWait,
 		ZtunnelWait: cfg.ZtunnelWait,
+		Annotator:   annotator,
 		Logger:      log,
 		Ready: func(context.Context) error {
 			if !zdsServing.Load() {
@@ -136,7 +173,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 		}()
 	}
-	goFn("pod source", func() error { src.Run(ctx); return nil })
+	goFn("pod source", func() error { return runSource(ctx) })
 	goFn("plugin installer", func() error { return inst.Run(ctx) })
 	goFn("agent API server", func() error {
 		if err := apiSrv.Serve(apiLn); !errors.Is(err, http.ErrServerClosed) {
@@ -161,7 +198,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return zsrv.Serve(ctx)
 	})
 	log.Info("cni-agent started", "agentSocket", cfg.AgentSocket, "zdsSocket", cfg.ZDSSocket,
-		"capture", backend.Name(), "clusterState", cfg.ClusterState, "health", healthLn.Addr().String())
+		"capture", backend.Name(), "podSource", cfg.PodSource, "health", healthLn.Addr().String())
 
 	<-ctx.Done()
 	shutdownCtx, done := context.WithTimeout(context.Background(), 10*time.Second)

@@ -140,9 +140,16 @@ func copyFile(src, dst string, mode os.FileMode) error {
 // Conflist is node i's network config: bridge cni0 (gateway 10.244.i.1)
 // with host-local over 10.244.i.0/24, its data under ipamDir.
 func Conflist(i int, ipamDir string) []byte {
+	return NodeConflist(NetworkName, PodCIDR(i), ipamDir)
+}
+
+// NodeConflist is a node's network config called network: bridge cni0
+// (the gateway, podCIDR's first address) with host-local over podCIDR, its
+// data under ipamDir. The cni-agent appends ambit-cni to it.
+func NodeConflist(network string, podCIDR netip.Prefix, ipamDir string) []byte {
 	doc := map[string]any{
 		"cniVersion": CNIVersion,
-		"name":       NetworkName,
+		"name":       network,
 		"plugins": []any{map[string]any{
 			"type":        "bridge",
 			"bridge":      PodBridge,
@@ -151,7 +158,7 @@ func Conflist(i int, ipamDir string) []byte {
 			"hairpinMode": true,
 			"ipam": map[string]any{
 				"type":    "host-local",
-				"ranges":  [][]map[string]string{{{"subnet": PodCIDR(i).String(), "gateway": PodGateway(i).String()}}},
+				"ranges":  [][]map[string]string{{{"subnet": podCIDR.Masked().String(), "gateway": podCIDR.Masked().Addr().Next().String()}}},
 				"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
 				"dataDir": ipamDir,
 			},
@@ -164,9 +171,15 @@ func Conflist(i int, ipamDir string) []byte {
 // loadChain returns the node's conflist once the cni-agent has appended
 // ambit-cni to it, polling until ctx ends.
 func loadChain(ctx context.Context, netD string) (*libcni.NetworkConfigList, error) {
+	return LoadChain(ctx, netD, NetworkName)
+}
+
+// LoadChain returns the conflist of network in netD once the cni-agent has
+// appended ambit-cni to it, polling until ctx ends.
+func LoadChain(ctx context.Context, netD, network string) (*libcni.NetworkConfigList, error) {
 	var last error
 	for {
-		list, err := libcni.LoadNetworkConf(netD, NetworkName)
+		list, err := libcni.LoadNetworkConf(netD, network)
 		if err == nil {
 			n := len(list.Plugins)
 			if n > 0 && list.Plugins[n-1].Network.Type == AmbitCNIType {
@@ -183,12 +196,13 @@ func loadChain(ctx context.Context, netD string) (*libcni.NetworkConfigList, err
 	}
 }
 
-// cniPod is what a CNI invocation needs to know about a pod.
-type cniPod struct {
+// CNIPod is what a CNI invocation needs to know about a pod: the
+// runtime's CNI_ARGS (K8S_POD_*), CNI_CONTAINERID (the UID) and CNI_NETNS.
+type CNIPod struct {
 	Namespace, Name, UID, Netns string
 }
 
-func runtimeConf(p cniPod) *libcni.RuntimeConf {
+func runtimeConf(p CNIPod) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{
 		ContainerID: p.UID,
 		NetNS:       p.Netns,
@@ -203,10 +217,10 @@ func runtimeConf(p cniPod) *libcni.RuntimeConf {
 	}
 }
 
-// cniAdd runs the chain's ADD with the plugins in the node's network
+// CNIAdd runs the chain's ADD with the plugins in the node's network
 // namespace (the bridge plugin creates cni0 in the caller's namespace) and
 // returns the pod's IPs.
-func cniAdd(ctx context.Context, nodeNS *os.File, cfg *libcni.CNIConfig, list *libcni.NetworkConfigList, p cniPod) ([]netip.Addr, error) {
+func CNIAdd(ctx context.Context, nodeNS *os.File, cfg *libcni.CNIConfig, list *libcni.NetworkConfigList, p CNIPod) ([]netip.Addr, error) {
 	var res *current.Result
 	err := netns.Do(nodeNS, func() error {
 		r, err := cfg.AddNetworkList(ctx, list, runtimeConf(p))
@@ -231,7 +245,7 @@ func cniAdd(ctx context.Context, nodeNS *os.File, cfg *libcni.CNIConfig, list *l
 	return ips, nil
 }
 
-// cniDel runs the chain's DEL in the node's network namespace.
-func cniDel(ctx context.Context, nodeNS *os.File, cfg *libcni.CNIConfig, list *libcni.NetworkConfigList, p cniPod) error {
+// CNIDel runs the chain's DEL in the node's network namespace.
+func CNIDel(ctx context.Context, nodeNS *os.File, cfg *libcni.CNIConfig, list *libcni.NetworkConfigList, p CNIPod) error {
 	return netns.Do(nodeNS, func() error { return cfg.DelNetworkList(ctx, list, runtimeConf(p)) })
 }

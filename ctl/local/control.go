@@ -36,7 +36,7 @@ func (e *Engine) Stop(ctx context.Context, name string) error {
 	}
 	p := procs.Procs[i]
 	if p.Alive() {
-		stopProcs([]Proc{p}, e.stopGrace())
+		StopProcs([]Proc{p}, e.stopGrace())
 		if p.Alive() {
 			return fmt.Errorf("%s (pid %d) still runs after SIGKILL", name, p.PID)
 		}
@@ -78,7 +78,7 @@ func (e *Engine) Start(ctx context.Context, name string) error {
 	if len(old.Command) == 0 {
 		return fmt.Errorf("%s: procs.json records no command to start", name)
 	}
-	p, reaped, err := launch(old.Netns, old.Command[0], old.Command[1:], old.Env, old.Log)
+	p, reaped, err := Launch(old.Netns, old.Command[0], old.Command[1:], old.Env, old.Log)
 	if err != nil {
 		return fmt.Errorf("starting %s: %w", name, err)
 	}

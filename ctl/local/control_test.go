@@ -37,7 +37,7 @@ func TestStopStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := &Engine{Paths: Paths{Dir: t.TempDir()}}
-	p, _, err := launch(nsName, sleep, []string{"300"}, []string{"MARK=1"}, e.Paths.Log("pod-t-sleeper"))
+	p, _, err := Launch(nsName, sleep, []string{"300"}, []string{"MARK=1"}, e.Paths.Log("pod-t-sleeper"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestStopStart(t *testing.T) {
 		}
 		return tab.Procs[1]
 	}
-	t.Cleanup(func() { stopProcs([]Proc{load()}, e.stopGrace()) })
+	t.Cleanup(func() { StopProcs([]Proc{load()}, e.stopGrace()) })
 	ctx := context.Background()
 
 	if err := e.Stop(ctx, "nope"); !errors.Is(err, ErrNoProcess) {

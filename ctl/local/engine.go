@@ -388,7 +388,7 @@ func writeTokens(p Paths, t *topology.Topology) error {
 
 // start launches a process in ns and records it in procs.json.
 func (s *session) start(pr Proc, ns, bin string, args, env []string) error {
-	p, reaped, err := launch(ns, bin, args, env, s.e.Paths.Log(pr.Name))
+	p, reaped, err := Launch(ns, bin, args, env, s.e.Paths.Log(pr.Name))
 	if err != nil {
 		return err
 	}

@@ -45,7 +45,14 @@ func sysctl(path, val string) error {
 
 // createBackbone creates ambitl-net with the bridge br0 at 172.30.0.1/24.
 func createBackbone() error {
-	ns, err := netns.Create(BackboneNetns)
+	return CreateBridgeNetns(BackboneNetns, BackboneBridge, netip.PrefixFrom(BackboneIP, BackboneSubnet.Bits()))
+}
+
+// CreateBridgeNetns creates the network namespace name holding a bridge
+// called bridge with the address addr (lo and the bridge up): a backbone
+// that CreateNodeNetns joins nodes to.
+func CreateBridgeNetns(name, bridge string, addr netip.Prefix) error {
+	ns, err := netns.Create(name)
 	if err != nil {
 		return err
 	}
@@ -54,37 +61,56 @@ func createBackbone() error {
 		if err := linkUp("lo"); err != nil {
 			return err
 		}
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BackboneBridge}}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridge}}
 		if err := netlink.LinkAdd(br); err != nil {
-			return fmt.Errorf("creating bridge %s: %w", BackboneBridge, err)
+			return fmt.Errorf("creating bridge %s in %s: %w", bridge, name, err)
 		}
-		if err := netlink.AddrAdd(br, addrOf(BackboneIP, BackboneSubnet.Bits())); err != nil {
-			return fmt.Errorf("addressing %s: %w", BackboneBridge, err)
+		if err := netlink.AddrAdd(br, addrOf(addr.Addr(), addr.Bits())); err != nil {
+			return fmt.Errorf("addressing %s in %s: %w", bridge, name, err)
 		}
-		return linkUp(BackboneBridge)
+		return linkUp(bridge)
 	})
+}
+
+// Route sends Dst through the gateway Via.
+type Route struct {
+	Dst netip.Prefix
+	Via netip.Addr
 }
 
 // createNode creates node i's namespace, joins it to the backbone with a
 // veth (eth0, 172.30.0.(10+i)/24) and routes the other nodes' pod CIDRs
 // through their backbone addresses.
 func createNode(t *topology.Topology, i int) error {
-	name := t.Nodes[i].Name
-	ns, err := netns.Create(NodeNetns(name))
+	var routes []Route
+	for j := range t.Nodes {
+		if j != i {
+			routes = append(routes, Route{Dst: PodCIDR(j), Via: NodeIP(j)})
+		}
+	}
+	return CreateNodeNetns(NodeNetns(t.Nodes[i].Name), BackboneNetns, BackboneBridge, fmt.Sprintf("vn%d", i),
+		netip.PrefixFrom(NodeIP(i), BackboneSubnet.Bits()), routes)
+}
+
+// CreateNodeNetns creates the node namespace name and joins it to the
+// bridge of the backbone namespace with a veth: hostEnd on the bridge, eth0
+// (NodeIfName) inside with addr. It adds routes, and turns on forwarding
+// and off reverse-path filtering, so the node routes for its pods.
+func CreateNodeNetns(name, backbone, bridge, hostEnd string, addr netip.Prefix, routes []Route) error {
+	ns, err := netns.Create(name)
 	if err != nil {
 		return err
 	}
 	defer ns.Close()
-	bb, err := netns.OpenName(BackboneNetns)
+	bb, err := netns.OpenName(backbone)
 	if err != nil {
 		return err
 	}
 	defer bb.Close()
-	hostEnd := fmt.Sprintf("vn%d", i)
 	err = netns.Do(bb, func() error {
-		br, err := netlink.LinkByName(BackboneBridge)
+		br, err := netlink.LinkByName(bridge)
 		if err != nil {
-			return fmt.Errorf("finding %s: %w", BackboneBridge, err)
+			return fmt.Errorf("finding %s in %s: %w", bridge, backbone, err)
 		}
 		veth := &netlink.Veth{
 			LinkAttrs:     netlink.LinkAttrs{Name: hostEnd, MasterIndex: br.Attrs().Index},
@@ -107,19 +133,16 @@ func createNode(t *topology.Topology, i int) error {
 		if err != nil {
 			return fmt.Errorf("finding %s in node %s: %w", NodeIfName, name, err)
 		}
-		if err := netlink.AddrAdd(eth, addrOf(NodeIP(i), BackboneSubnet.Bits())); err != nil {
+		if err := netlink.AddrAdd(eth, addrOf(addr.Addr(), addr.Bits())); err != nil {
 			return fmt.Errorf("addressing node %s: %w", name, err)
 		}
 		if err := netlink.LinkSetUp(eth); err != nil {
 			return err
 		}
-		for j := range t.Nodes {
-			if j == i {
-				continue
-			}
-			r := &netlink.Route{LinkIndex: eth.Attrs().Index, Dst: ipNet(PodCIDR(j)), Gw: NodeIP(j).AsSlice()}
+		for _, rt := range routes {
+			r := &netlink.Route{LinkIndex: eth.Attrs().Index, Dst: ipNet(rt.Dst), Gw: rt.Via.AsSlice()}
 			if err := netlink.RouteAdd(r); err != nil {
-				return fmt.Errorf("routing %s via %s in node %s: %w", PodCIDR(j), NodeIP(j), name, err)
+				return fmt.Errorf("routing %s via %s in node %s: %w", rt.Dst, rt.Via, name, err)
 			}
 		}
 		return errors.Join(sysctl("net/ipv4/ip_forward", "1"), sysctl("net/ipv4/conf/all/rp_filter", "0"))

@@ -83,13 +83,13 @@ func (s *session) addPod(ctx context.Context, pod topology.Pod) error {
 	}
 	cfg, cniLog, closeLog := s.cniConfig(pod.Node)
 	defer closeLog()
-	ref := cniPod{Namespace: pod.Namespace, Name: pod.Name, UID: cp.UID, Netns: cp.Netns}
+	ref := CNIPod{Namespace: pod.Namespace, Name: pod.Name, UID: cp.UID, Netns: cp.Netns}
 	actx, cancel := context.WithTimeout(ctx, s.e.readyTimeout())
-	ips, err := cniAdd(actx, nodeNS, cfg, list, ref)
+	ips, err := CNIAdd(actx, nodeNS, cfg, list, ref)
 	cancel()
 	if err != nil {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_ = cniDel(dctx, nodeNS, cfg, list, ref)
+		_ = CNIDel(dctx, nodeNS, cfg, list, ref)
 		cancel()
 		return s.forgetPod(cs, cp, fmt.Errorf("%w: %v (plugin log: %s, agent log: %s)", errCNI, err, cniLog, p.Log("cni-agent-"+pod.Node)))
 	}
@@ -165,7 +165,7 @@ func (s *session) delPod(ctx context.Context, key string) error {
 			mine = append(mine, pr)
 		}
 	}
-	stopProcs(mine, s.e.stopGrace())
+	StopProcs(mine, s.e.stopGrace())
 	s.procs.remove(func(pr Proc) bool { return pr.Kind == KindPod && pr.Pod == key })
 	if err := s.procs.save(s.e.Paths.Procs()); err != nil {
 		return err
@@ -213,7 +213,7 @@ func (s *session) cniDelBestEffort(ctx context.Context, cp localcluster.Pod) {
 	defer cancel()
 	cfg, _, closeLog := s.cniConfig(cp.Node)
 	defer closeLog()
-	if err := cniDel(dctx, nodeNS, cfg, list, cniPod{Namespace: cp.Namespace, Name: cp.Name, UID: cp.UID, Netns: cp.Netns}); err != nil {
+	if err := CNIDel(dctx, nodeNS, cfg, list, CNIPod{Namespace: cp.Namespace, Name: cp.Name, UID: cp.UID, Netns: cp.Netns}); err != nil {
 		s.e.progress("pod %s: CNI DEL: %v (continuing)", cp.Key(), err)
 	}
 }
@@ -293,7 +293,7 @@ func (e *Engine) down(ctx context.Context, quiet bool) error {
 			others = append(others, p)
 		}
 	}
-	stopProcs(pods, e.stopGrace())
+	StopProcs(pods, e.stopGrace())
 	if cs, err := localcluster.Load(e.Paths.Cluster()); err == nil {
 		for _, cp := range cs.Pods {
 			if _, err := os.Stat(cp.Netns); err == nil {
@@ -301,16 +301,16 @@ func (e *Engine) down(ctx context.Context, quiet bool) error {
 			}
 		}
 	}
-	stopProcs(others, e.stopGrace())
+	StopProcs(others, e.stopGrace())
 	ids := map[netns.ID]bool{}
 	for _, n := range names {
 		if id, err := netns.IDOfPath(netns.Path(n)); err == nil {
 			ids[id] = true
 		}
 	}
-	if left := pidsInNetns(ids); len(left) > 0 {
+	if left := ProcsInNetns(ids); len(left) > 0 {
 		say("stopping %d processes left in %s* namespaces", len(left), NetnsPrefix)
-		stopProcs(left, e.stopGrace())
+		StopProcs(left, e.stopGrace())
 	}
 	var errs []error
 	for _, n := range names {

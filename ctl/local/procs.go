@@ -145,10 +145,12 @@ func (p Proc) Alive() bool {
 	return err == nil && start == p.StartTime && st != 'Z' && st != 'X'
 }
 
-// launch starts bin in the named network namespace through nsenter, as its
-// own process group, output appended to logPath. reaped is closed when the
-// process has exited and been reaped by this process.
-func launch(ns string, bin string, args, env []string, logPath string) (Proc, <-chan struct{}, error) {
+// Launch starts bin in the named network namespace through nsenter, as its
+// own process group, output appended to logPath, env added to this
+// process's environment. reaped is closed when the process has exited and
+// been reaped by this process. The Proc's Name and Kind are left to the
+// caller. The e2e Kubernetes test node uses it too.
+func Launch(ns string, bin string, args, env []string, logPath string) (Proc, <-chan struct{}, error) {
 	nsenter, err := exec.LookPath("nsenter")
 	if err != nil {
 		return Proc{}, nil, fmt.Errorf("nsenter not found (Debian package util-linux): %w", err)
@@ -184,9 +186,9 @@ func launch(ns string, bin string, args, env []string, logPath string) (Proc, <-
 	return Proc{PID: cmd.Process.Pid, StartTime: start, Netns: ns, Command: append([]string{bin}, args...), Env: env, Log: logPath}, reaped, nil
 }
 
-// stopProcs sends SIGTERM to the process group of each live process,
+// StopProcs sends SIGTERM to the process group of each live process,
 // waits up to grace for them to exit, then SIGKILLs what is left.
-func stopProcs(procs []Proc, grace time.Duration) {
+func StopProcs(procs []Proc, grace time.Duration) {
 	var live []Proc
 	for _, p := range procs {
 		if p.Alive() {
@@ -218,9 +220,10 @@ func stopProcs(procs []Proc, grace time.Duration) {
 	}
 }
 
-// pidsInNetns returns the processes whose network namespace is one of ids:
-// how down finds processes of a run whose procs.json is gone.
-func pidsInNetns(ids map[netns.ID]bool) []Proc {
+// ProcsInNetns returns the processes whose network namespace is one of ids:
+// how down finds processes of a run whose procs.json is gone (and how the
+// e2e test node finds its leftovers).
+func ProcsInNetns(ids map[netns.ID]bool) []Proc {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil

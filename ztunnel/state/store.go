@@ -3,7 +3,6 @@ package state
 import (
 	"errors"
 	"log/slog"
-	"maps"
 	"sync"
 	"sync/atomic"
 
@@ -75,7 +74,7 @@ func New(opts Options) *Store {
 		opts.Logger = slog.Default()
 	}
 	s := &Store{opts: opts, log: opts.Logger, subs: map[chan struct{}]struct{}{}}
-	s.cur.Store(newView(opts.RootNamespace, 0, map[string]wlEntry{}, map[string]svcEntry{}, map[string]*security.Authorization{}))
+	s.cur.Store(&View{rootNamespace: opts.RootNamespace})
 	return s
 }
 
@@ -90,9 +89,9 @@ func (s *Store) RootNamespace() string { return s.opts.RootNamespace }
 func (s *Store) Set(snap Snapshot) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	cur := s.Load()
-	wl, sv, po, errs := s.accept(snap)
-	s.swap(cur.version+1, wl, sv, po)
+	t := begin(s.Load(), true)
+	errs := s.accept(t, snap)
+	s.swap(t.commit())
 	return s.report(errs)
 }
 
@@ -101,25 +100,17 @@ func (s *Store) Set(snap Snapshot) error {
 func (s *Store) Apply(d Delta) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	cur := s.Load()
-	wl := maps.Clone(cur.workloads)
-	sv := maps.Clone(cur.services)
-	po := maps.Clone(cur.policies)
+	t := begin(s.Load(), false)
 	for _, name := range d.RemoveAddresses {
-		if _, ok := wl[name]; ok {
-			delete(wl, name)
-		} else {
-			delete(sv, name)
+		if !t.removeWorkload(name) {
+			t.removeService(name)
 		}
 	}
 	for _, name := range d.RemovePolicies {
-		delete(po, name)
+		t.removePolicy(name)
 	}
-	wl2, sv2, po2, errs := s.accept(d.Upsert)
-	maps.Copy(wl, wl2)
-	maps.Copy(sv, sv2)
-	maps.Copy(po, po2)
-	s.swap(cur.version+1, wl, sv, po)
+	errs := s.accept(t, d.Upsert)
+	s.swap(t.commit())
 	return s.report(errs)
 }
 
@@ -157,12 +148,11 @@ func (s *Store) Validate(snap Snapshot) error {
 	return errors.Join(errs...)
 }
 
-// accept validates snap and returns its valid resources keyed by name.
-// Caller holds writeMu.
-func (s *Store) accept(snap Snapshot) (map[string]wlEntry, map[string]svcEntry, map[string]*security.Authorization, []error) {
+// accept validates snap and writes its valid resources into t. Caller
+// holds writeMu.
+func (s *Store) accept(t *txn, snap Snapshot) []error {
 	v := validator{rootNamespace: s.opts.RootNamespace}
 	var errs []error
-	wl := make(map[string]wlEntry, len(snap.Workloads))
 	seen := map[string]bool{}
 	for i, w := range snap.Workloads {
 		if e := v.workload(i, w, seen); len(e) > 0 {
@@ -176,9 +166,8 @@ func (s *Store) accept(snap Snapshot) (map[string]wlEntry, map[string]svcEntry, 
 			w.ServiceAccount = DefaultServiceAccount
 		}
 		s.seq++
-		wl[w.Uid] = wlEntry{w: w, seq: s.seq}
+		t.putWorkload(wlEntry{w: w, seq: s.seq})
 	}
-	sv := make(map[string]svcEntry, len(snap.Services))
 	clear(seen)
 	for i, svc := range snap.Services {
 		if e := v.service(i, svc, seen); len(e) > 0 {
@@ -186,18 +175,17 @@ func (s *Store) accept(snap Snapshot) (map[string]wlEntry, map[string]svcEntry, 
 			continue
 		}
 		s.seq++
-		sv[ServiceKey(svc)] = svcEntry{s: svc, seq: s.seq}
+		t.putService(svcEntry{s: svc, seq: s.seq})
 	}
-	po := make(map[string]*security.Authorization, len(snap.Policies))
 	clear(seen)
 	for i, p := range snap.Policies {
 		if e := v.policy(i, p, seen); len(e) > 0 {
 			errs = append(errs, e...)
 			continue
 		}
-		po[PolicyKey(p)] = p
+		t.putPolicy(p)
 	}
-	return wl, sv, po, errs
+	return errs
 }
 
 func (s *Store) report(errs []error) error {
@@ -207,9 +195,9 @@ func (s *Store) report(errs []error) error {
 	return errors.Join(errs...)
 }
 
-// swap publishes a new View and signals subscribers. Caller holds writeMu.
-func (s *Store) swap(version uint64, wl map[string]wlEntry, sv map[string]svcEntry, po map[string]*security.Authorization) {
-	s.cur.Store(newView(s.opts.RootNamespace, version, wl, sv, po))
+// swap publishes v and signals subscribers. Caller holds writeMu.
+func (s *Store) swap(v *View) {
+	s.cur.Store(v)
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
 	for ch := range s.subs {

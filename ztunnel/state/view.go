@@ -1,7 +1,6 @@
 package state
 
 import (
-	"cmp"
 	"net/netip"
 	"slices"
 	"strings"
@@ -32,92 +31,41 @@ type svcEntry struct {
 type svcRange struct {
 	network string
 	prefix  netip.Prefix
+	key     string // the service's
 	svc     svcEntry
+}
+
+func (e wlEntry) order() uint64  { return e.seq }
+func (e svcEntry) order() uint64 { return e.seq }
+
+// claims are the resources that list one address, latest write (highest
+// seq) first: top answers lookups; rest (usually empty) takes over when
+// top goes. Immutable once published.
+type claims[E interface{ order() uint64 }] struct {
+	top  E
+	rest []E
 }
 
 // View is an immutable snapshot of the state. All methods are safe for
 // concurrent use; returned resources must not be modified.
+//
+// Every index is a persistent map (pmap) or an immutable slice, shared
+// with the View it was derived from except along the paths a write
+// touched; see Store and doc.go.
 type View struct {
 	version       uint64
 	rootNamespace string
 
-	workloads map[string]wlEntry                 // by uid
-	services  map[string]svcEntry                // by namespace/hostname
-	policies  map[string]*security.Authorization // by namespace/name
+	workloads pmap[string, wlEntry]                 // by uid
+	services  pmap[string, svcEntry]                // by namespace/hostname
+	policies  pmap[string, *security.Authorization] // by namespace/name
 
-	workloadByAddr map[NetAddr]wlEntry
-	serviceByAddr  map[NetAddr]svcEntry
-	serviceRanges  []svcRange
-	endpoints      map[string][]*workloadapi.Workload // by service key, sorted by uid
-	global         []*security.Authorization          // sorted by key
-	byNamespace    map[string][]*security.Authorization
-}
-
-func newView(root string, version uint64, wl map[string]wlEntry, sv map[string]svcEntry, po map[string]*security.Authorization) *View {
-	v := &View{
-		version: version, rootNamespace: root,
-		workloads: wl, services: sv, policies: po,
-		workloadByAddr: make(map[NetAddr]wlEntry, len(wl)),
-		serviceByAddr:  make(map[NetAddr]svcEntry, len(sv)),
-		endpoints:      map[string][]*workloadapi.Workload{},
-		byNamespace:    map[string][]*security.Authorization{},
-	}
-	for _, e := range wl {
-		w := e.w
-		for key := range w.GetServices() {
-			v.endpoints[key] = append(v.endpoints[key], w)
-		}
-		if w.GetNetworkMode() == workloadapi.NetworkMode_HOST_NETWORK {
-			continue // shared IP: never looked up by address
-		}
-		for _, b := range w.GetAddresses() {
-			ip, _ := netip.AddrFromSlice(b)
-			k := NetAddr{w.GetNetwork(), ip.Unmap()}
-			if old, ok := v.workloadByAddr[k]; !ok || old.seq < e.seq {
-				v.workloadByAddr[k] = e
-			}
-		}
-	}
-	for _, eps := range v.endpoints {
-		slices.SortFunc(eps, func(a, b *workloadapi.Workload) int { return strings.Compare(a.GetUid(), b.GetUid()) })
-	}
-	for _, e := range sv {
-		for _, na := range e.s.GetAddresses() {
-			ip, _ := netip.AddrFromSlice(na.GetAddress())
-			ip = ip.Unmap()
-			if na.Length != nil && int(na.GetLength()) < ip.BitLen() {
-				v.serviceRanges = append(v.serviceRanges, svcRange{na.GetNetwork(), netip.PrefixFrom(ip, int(na.GetLength())).Masked(), e})
-				continue
-			}
-			k := NetAddr{na.GetNetwork(), ip}
-			if old, ok := v.serviceByAddr[k]; !ok || old.seq < e.seq {
-				v.serviceByAddr[k] = e
-			}
-		}
-	}
-	// Longest prefix first, then latest write.
-	slices.SortFunc(v.serviceRanges, func(a, b svcRange) int {
-		if c := cmp.Compare(b.prefix.Bits(), a.prefix.Bits()); c != 0 {
-			return c
-		}
-		return cmp.Compare(b.svc.seq, a.svc.seq)
-	})
-	for _, p := range po {
-		switch p.GetScope() {
-		case security.Scope_GLOBAL:
-			if p.GetNamespace() == root {
-				v.global = append(v.global, p)
-			}
-		case security.Scope_NAMESPACE:
-			v.byNamespace[p.GetNamespace()] = append(v.byNamespace[p.GetNamespace()], p)
-		}
-	}
-	byKey := func(a, b *security.Authorization) int { return strings.Compare(PolicyKey(a), PolicyKey(b)) }
-	slices.SortFunc(v.global, byKey)
-	for _, ps := range v.byNamespace {
-		slices.SortFunc(ps, byKey)
-	}
-	return v
+	workloadByAddr pmap[NetAddr, claims[wlEntry]]
+	serviceByAddr  pmap[NetAddr, claims[svcEntry]]         // VIPs; CIDRs are in serviceRanges
+	serviceRanges  []svcRange                              // longest prefix first, then latest write
+	endpoints      pmap[string, []*workloadapi.Workload]   // by service key, sorted by uid; never empty
+	global         []*security.Authorization               // GLOBAL policies of the root namespace, sorted by key
+	byNamespace    pmap[string, []*security.Authorization] // NAMESPACE policies, sorted by key; never empty
 }
 
 // Version counts writes; it grows by one with each.
@@ -127,18 +75,24 @@ func (v *View) Version() uint64 { return v.version }
 // in HOST_NETWORK mode are never returned. IPv4-mapped IPv6 addresses are
 // looked up as IPv4.
 func (v *View) WorkloadByAddr(network string, ip netip.Addr) *workloadapi.Workload {
-	return v.workloadByAddr[NetAddr{network, ip.Unmap()}].w
+	k := NetAddr{network, ip.Unmap()}
+	c, _ := v.workloadByAddr.get(addrHash(k), k)
+	return c.top.w
 }
 
 // WorkloadByUID returns the workload with uid, or nil.
-func (v *View) WorkloadByUID(uid string) *workloadapi.Workload { return v.workloads[uid].w }
+func (v *View) WorkloadByUID(uid string) *workloadapi.Workload {
+	e, _ := v.workloads.get(strHash(uid), uid)
+	return e.w
+}
 
 // ServiceByAddr returns the service reachable at ip (a VIP, or inside a
 // service's CIDR) on network, or nil.
 func (v *View) ServiceByAddr(network string, ip netip.Addr) *workloadapi.Service {
 	ip = ip.Unmap()
-	if e, ok := v.serviceByAddr[NetAddr{network, ip}]; ok {
-		return e.s
+	k := NetAddr{network, ip}
+	if c, ok := v.serviceByAddr.get(addrHash(k), k); ok {
+		return c.top.s
 	}
 	for _, r := range v.serviceRanges {
 		if r.network == network && r.prefix.Contains(ip) {
@@ -150,17 +104,22 @@ func (v *View) ServiceByAddr(network string, ip netip.Addr) *workloadapi.Service
 
 // ServiceByName returns the service namespace/hostname, or nil.
 func (v *View) ServiceByName(namespace, hostname string) *workloadapi.Service {
-	return v.services[namespace+"/"+hostname].s
+	e, _ := getJoined(&v.services, namespace, hostname)
+	return e.s
 }
 
 // Endpoints returns the workloads whose `services` map names
 // namespace/hostname, healthy or not, sorted by uid.
 func (v *View) Endpoints(namespace, hostname string) []*workloadapi.Workload {
-	return v.endpoints[namespace+"/"+hostname]
+	eps, _ := getJoined(&v.endpoints, namespace, hostname)
+	return eps
 }
 
 // Policy returns the policy namespace/name, or nil.
-func (v *View) Policy(key string) *security.Authorization { return v.policies[key] }
+func (v *View) Policy(key string) *security.Authorization {
+	p, _ := v.policies.get(strHash(key), key)
+	return p
+}
 
 // PoliciesFor returns the policies that apply to w: GLOBAL policies of the
 // root namespace, NAMESPACE policies of w's namespace (each group sorted
@@ -170,12 +129,12 @@ func (v *View) PoliciesFor(w *workloadapi.Workload) []*security.Authorization {
 	if w == nil {
 		return nil
 	}
-	ns := v.byNamespace[w.GetNamespace()]
+	ns, _ := v.byNamespace.get(strHash(w.GetNamespace()), w.GetNamespace())
 	out := make([]*security.Authorization, 0, len(v.global)+len(ns)+len(w.GetAuthorizationPolicies()))
 	out = append(out, v.global...)
 	out = append(out, ns...)
 	for _, key := range w.GetAuthorizationPolicies() {
-		p := v.policies[key]
+		p, _ := v.policies.get(strHash(key), key)
 		if p != nil && !slices.Contains(out, p) {
 			out = append(out, p)
 		}
@@ -185,30 +144,33 @@ func (v *View) PoliciesFor(w *workloadapi.Workload) []*security.Authorization {
 
 // Workloads returns every workload, sorted by uid.
 func (v *View) Workloads() []*workloadapi.Workload {
-	out := make([]*workloadapi.Workload, 0, len(v.workloads))
-	for _, e := range v.workloads {
+	out := make([]*workloadapi.Workload, 0, v.workloads.len())
+	v.workloads.each(func(_ string, e wlEntry) bool {
 		out = append(out, e.w)
-	}
+		return true
+	})
 	slices.SortFunc(out, func(a, b *workloadapi.Workload) int { return strings.Compare(a.GetUid(), b.GetUid()) })
 	return out
 }
 
 // Services returns every service, sorted by namespace/hostname.
 func (v *View) Services() []*workloadapi.Service {
-	out := make([]*workloadapi.Service, 0, len(v.services))
-	for _, e := range v.services {
+	out := make([]*workloadapi.Service, 0, v.services.len())
+	v.services.each(func(_ string, e svcEntry) bool {
 		out = append(out, e.s)
-	}
+		return true
+	})
 	slices.SortFunc(out, func(a, b *workloadapi.Service) int { return strings.Compare(ServiceKey(a), ServiceKey(b)) })
 	return out
 }
 
 // Policies returns every policy, sorted by namespace/name.
 func (v *View) Policies() []*security.Authorization {
-	out := make([]*security.Authorization, 0, len(v.policies))
-	for _, p := range v.policies {
+	out := make([]*security.Authorization, 0, v.policies.len())
+	v.policies.each(func(_ string, p *security.Authorization) bool {
 		out = append(out, p)
-	}
+		return true
+	})
 	slices.SortFunc(out, func(a, b *security.Authorization) int { return strings.Compare(PolicyKey(a), PolicyKey(b)) })
 	return out
 }

@@ -366,3 +366,86 @@ func TestConcurrentConsistency(t *testing.T) {
 		t.Fatalf("version %d, want 201", v)
 	}
 }
+
+// TestIncrementalIndexes: the derived indexes follow a resource's changes
+// (the differential test covers the same at random).
+func TestIncrementalIndexes(t *testing.T) {
+	s := newStore()
+	at := func(a string) netip.Addr { return netip.MustParseAddr(a) }
+	up := func(snap Snapshot) {
+		t.Helper()
+		if err := s.Upsert(snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withSvc := func(w *workloadapi.Workload, keys ...string) *workloadapi.Workload {
+		w.Services = map[string]*workloadapi.PortList{}
+		for _, k := range keys {
+			w.Services[k] = &workloadapi.PortList{}
+		}
+		return w
+	}
+
+	// A workload moves to another address and service.
+	up(Snapshot{Workloads: []*workloadapi.Workload{withSvc(wl("a", "ns", "10.0.0.1"), "ns/s1")}})
+	up(Snapshot{Workloads: []*workloadapi.Workload{withSvc(wl("a", "ns", "10.0.0.2"), "ns/s2")}})
+	v := s.Load()
+	if v.WorkloadByAddr("", at("10.0.0.1")) != nil || v.WorkloadByAddr("", at("10.0.0.2")).GetUid() != "a" {
+		t.Fatal("address change")
+	}
+	if v.Endpoints("ns", "s1") != nil || len(v.Endpoints("ns", "s2")) != 1 {
+		t.Fatal("service change")
+	}
+
+	// Address conflict: latest write wins, also when the older one is
+	// rewritten; removing the winner exposes the other.
+	up(Snapshot{Workloads: []*workloadapi.Workload{wl("b", "ns", "10.0.0.2")}})
+	if s.Load().WorkloadByAddr("", at("10.0.0.2")).GetUid() != "b" {
+		t.Fatal("latest write does not win")
+	}
+	up(Snapshot{Workloads: []*workloadapi.Workload{withSvc(wl("a", "ns", "10.0.0.2"), "ns/s2")}})
+	if s.Load().WorkloadByAddr("", at("10.0.0.2")).GetUid() != "a" {
+		t.Fatal("rewritten workload does not win")
+	}
+	s.RemoveAddresses("a")
+	if v := s.Load(); v.WorkloadByAddr("", at("10.0.0.2")).GetUid() != "b" || v.Endpoints("ns", "s2") != nil {
+		t.Fatal("removing the winner, which listed a service")
+	}
+
+	// A service changes VIP, becomes a CIDR, and a VIP again.
+	up(Snapshot{Services: []*workloadapi.Service{svc("ns", "s", "10.96.0.1", 80)}})
+	up(Snapshot{Services: []*workloadapi.Service{svc("ns", "s", "10.96.0.2", 80)}})
+	if v := s.Load(); v.ServiceByAddr("", at("10.96.0.1")) != nil || v.ServiceByAddr("", at("10.96.0.2")) == nil {
+		t.Fatal("VIP change")
+	}
+	cidr := svc("ns", "s", "10.200.0.0", 80)
+	cidr.Addresses[0].Length = ptr(uint32(16))
+	up(Snapshot{Services: []*workloadapi.Service{cidr}})
+	if v := s.Load(); v.ServiceByAddr("", at("10.96.0.2")) != nil || v.ServiceByAddr("", at("10.200.7.7")) != cidr {
+		t.Fatal("VIP to CIDR")
+	}
+	up(Snapshot{Services: []*workloadapi.Service{svc("ns", "s", "10.96.0.3", 80)}})
+	if v := s.Load(); v.ServiceByAddr("", at("10.200.7.7")) != nil || v.ServiceByAddr("", at("10.96.0.3")) == nil {
+		t.Fatal("CIDR to VIP")
+	}
+
+	// A policy changes scope.
+	w := wl("w", "ns", "10.0.0.9")
+	scopes := func() []string { return policyKeys(s.Load().PoliciesFor(w)) }
+	up(Snapshot{Policies: []*security.Authorization{authz("ns", "p", security.Scope_NAMESPACE)}})
+	if got := scopes(); !slices.Equal(got, []string{"ns/p"}) {
+		t.Fatalf("NAMESPACE: %v", got)
+	}
+	up(Snapshot{Policies: []*security.Authorization{authz("ns", "p", security.Scope_WORKLOAD_SELECTOR)}})
+	if got := scopes(); len(got) != 0 {
+		t.Fatalf("NAMESPACE to WORKLOAD_SELECTOR: %v", got)
+	}
+	up(Snapshot{Policies: []*security.Authorization{authz("istio-system", "g", security.Scope_GLOBAL)}})
+	up(Snapshot{Policies: []*security.Authorization{authz("istio-system", "g", security.Scope_NAMESPACE)}})
+	if got := scopes(); len(got) != 0 {
+		t.Fatalf("GLOBAL to NAMESPACE of the root: %v", got)
+	}
+	if got := policyKeys(s.Load().PoliciesFor(wl("r", "istio-system", "10.0.0.8"))); !slices.Equal(got, []string{"istio-system/g"}) {
+		t.Fatalf("root namespace workload: %v", got)
+	}
+}

@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ambit-mesh/ambit/istiod/ambient"
 	"github.com/ambit-mesh/ambit/istiod/ca"
+	"github.com/ambit-mesh/ambit/istiod/ca/kubeauth"
 	"github.com/ambit-mesh/ambit/pkg/spiffe"
 )
 
@@ -31,7 +33,38 @@ const (
 	FlagServingIP   = "serving-ip"
 	FlagRootCertOut = "root-cert-out"
 	FlagLogLevel    = "log-level"
+
+	FlagConfigSource   = "config-source"
+	FlagKubeconfig     = "kubeconfig"
+	FlagConfigDir      = "config-dir"
+	FlagTunnel         = "tunnel"
+	FlagZtunnelSA      = "ztunnel-sa"
+	FlagTokenAudiences = "token-audiences"
+	FlagReadinessAddr  = "readiness-addr"
 )
+
+// Values of --config-source.
+const (
+	// SourceKubernetes watches the API server (informers) and authenticates
+	// CA and xDS callers by TokenReview.
+	SourceKubernetes = "kubernetes"
+	// SourceDir watches a directory of YAML objects (local mode).
+	SourceDir = "dir"
+	// SourceNone serves the CA only, no workload discovery. Chosen when
+	// no source is named and only --token-file is given (local mode until
+	// it runs istiod with a config dir).
+	SourceNone = "none"
+)
+
+// Values of --tunnel.
+const (
+	TunnelAnnotation = "annotation"
+	TunnelEnrollment = "enrollment"
+)
+
+// EnvInClusterHost is set in every pod: istiod then reads the API server
+// with its own service account (in-cluster config).
+const EnvInClusterHost = "KUBERNETES_SERVICE_HOST"
 
 // Defaults.
 const (
@@ -39,6 +72,11 @@ const (
 	DefaultGRPCAddr    = ":15012"
 	DefaultServingDNS  = "istiod.istio-system.svc,istiod.istio-system.svc.cluster.local,localhost"
 	DefaultServingIP   = "127.0.0.1,::1"
+	// DefaultReadinessAddr serves /ready; 8080 is the port Istio's istiod
+	// answers readiness probes on.
+	DefaultReadinessAddr = ":8080"
+	// ReadyPath answers 200 once the first config snapshot is pushed.
+	ReadyPath = "/ready"
 	// MaxAllowedCertTTL bounds --max-cert-ttl, as Istio's own maximum.
 	MaxAllowedCertTTL = 90 * 24 * time.Hour
 )
@@ -55,13 +93,32 @@ type Config struct {
 	// longest a request may ask for (longer requests are refused).
 	CertTTL    time.Duration
 	MaxCertTTL time.Duration
-	// TokenFile is the static bearer-token file (see ca.ParseStaticTokens).
+	// TokenFile is the static bearer-token file (see ca.ParseStaticTokens);
+	// optional with SourceKubernetes (callers then authenticate by
+	// TokenReview, static tokens first when both are set).
 	TokenFile  string
 	ServingDNS []string
 	ServingIPs []net.IP
 	// RootCertOut, if set, receives the trust bundle (PEM) at start.
 	RootCertOut string
 	LogLevel    slog.Level
+
+	// ConfigSource is SourceKubernetes, SourceDir or SourceNone.
+	ConfigSource string
+	// Kubeconfig is the kubeconfig file; empty with SourceKubernetes means
+	// in-cluster config.
+	Kubeconfig string
+	// ConfigDir is the watched directory of SourceDir.
+	ConfigDir string
+	// Tunnel is the rule that makes a workload HBONE.
+	Tunnel ambient.TunnelMode
+	// ZtunnelSA is "namespace/name" of ztunnel's service account (node
+	// authorization); TokenAudiences the audiences accepted by TokenReview
+	// (kubeauth.AudienceAPIServer for the API server's own).
+	ZtunnelSA      string
+	TokenAudiences []string
+	// ReadinessAddr serves ReadyPath.
+	ReadinessAddr string
 }
 
 // EnvName returns the environment variable for a flag.
@@ -88,11 +145,19 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		grpcAddr    = str(FlagGRPCAddr, DefaultGRPCAddr, "TLS gRPC listen address of the certificate service")
 		certTTL     = str(FlagCertTTL, ca.DefaultCertTTL.String(), "default lifetime of workload certificates")
 		maxCertTTL  = str(FlagMaxCertTTL, ca.DefaultMaxCertTTL.String(), "longest lifetime a request may ask for; longer requests are refused (at most 2160h)")
-		tokenFile   = str(FlagTokenFile, "", "static bearer-token file: callers and the SPIFFE IDs they may request (required)")
+		tokenFile   = str(FlagTokenFile, "", "static bearer-token file: callers and the SPIFFE IDs they may request (required unless --"+FlagConfigSource+" "+SourceKubernetes+")")
 		servingDNS  = str(FlagServingDNS, DefaultServingDNS, "comma-separated DNS names in istiod's serving certificate")
 		servingIP   = str(FlagServingIP, DefaultServingIP, "comma-separated IP addresses in istiod's serving certificate (empty for none)")
 		rootCertOut = str(FlagRootCertOut, "", "file to write the root certificate (PEM) to at start, for clients to trust")
 		logLevel    = str(FlagLogLevel, "info", "log level: debug, info, warn, error")
+
+		source        = str(FlagConfigSource, "", "where the mesh config comes from: "+SourceKubernetes+" (default when in a pod or with --"+FlagKubeconfig+"), "+SourceDir+" (default with --"+FlagConfigDir+"), or "+SourceNone+" (CA only)")
+		kubeconfig    = str(FlagKubeconfig, "", "kubeconfig file of the cluster to watch; empty in a pod: its service account")
+		configDir     = str(FlagConfigDir, "", "directory of YAML config objects watched with --"+FlagConfigSource+" "+SourceDir)
+		tunnel        = str(FlagTunnel, TunnelAnnotation, "when a workload gets HBONE: "+TunnelAnnotation+" (pod annotation ambient.istio.io/redirection=enabled, Istio's rule) or "+TunnelEnrollment+" (the enrollment labels)")
+		ztunnelSA     = str(FlagZtunnelSA, kubeauth.DefaultZtunnelServiceAccount, "namespace/name of ztunnel's service account, which may request the identities of the pods on its node")
+		audiences     = str(FlagTokenAudiences, strings.Join(kubeauth.DefaultAudiences, ","), "comma-separated audiences a caller's token may be for ("+kubeauth.AudienceAPIServer+": the API server's own)")
+		readinessAddr = str(FlagReadinessAddr, DefaultReadinessAddr, "listen address of "+ReadyPath+" (200 once the first config is pushed)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
@@ -103,6 +168,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	cfg := Config{
 		TrustDomain: *td, CADir: *caDir, StateDir: *stateDir, GRPCAddr: *grpcAddr,
 		TokenFile: *tokenFile, RootCertOut: *rootCertOut,
+		Kubeconfig: *kubeconfig, ConfigDir: *configDir, ZtunnelSA: *ztunnelSA, ReadinessAddr: *readinessAddr,
 	}
 	var errs []error
 	bad := func(name, format string, args ...any) {
@@ -133,8 +199,28 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	if cfg.MaxCertTTL > MaxAllowedCertTTL {
 		bad(FlagMaxCertTTL, "%s exceeds %s (90 days); short-lived certificates are the point", cfg.MaxCertTTL, MaxAllowedCertTTL)
 	}
-	if cfg.TokenFile == "" {
-		bad(FlagTokenFile, "required: without a token file no caller can authenticate")
+	cfg.ConfigSource = resolveSource(*source, cfg, getenv(EnvInClusterHost) != "", bad)
+	switch *tunnel {
+	case TunnelAnnotation:
+		cfg.Tunnel = ambient.TunnelByAnnotation
+	case TunnelEnrollment:
+		cfg.Tunnel = ambient.TunnelByEnrollment
+	default:
+		bad(FlagTunnel, "%q is not %s or %s", *tunnel, TunnelAnnotation, TunnelEnrollment)
+	}
+	if _, _, err := kubeauth.ParseServiceAccount(cfg.ZtunnelSA); err != nil {
+		bad(FlagZtunnelSA, "%v", err)
+	}
+	cfg.TokenAudiences = splitList(*audiences)
+	if len(cfg.TokenAudiences) == 0 {
+		bad(FlagTokenAudiences, "empty; list at least one audience (default %s)", strings.Join(kubeauth.DefaultAudiences, ","))
+	}
+	if _, _, err := net.SplitHostPort(cfg.ReadinessAddr); err != nil {
+		bad(FlagReadinessAddr, "%q is not host:port (e.g. %s)", cfg.ReadinessAddr, DefaultReadinessAddr)
+	}
+	if cfg.TokenFile == "" && cfg.ConfigSource != SourceKubernetes && cfg.ConfigSource != "" {
+		bad(FlagTokenFile, "required with --%s %s: without a token file no caller can authenticate (Kubernetes TokenReview is used only with --%s %s)",
+			FlagConfigSource, cfg.ConfigSource, FlagConfigSource, SourceKubernetes)
 	}
 	for _, n := range splitList(*servingDNS) {
 		if strings.ContainsAny(n, " \t/:") || strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".") {
@@ -161,6 +247,52 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		return Config{}, fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
 	}
 	return cfg, nil
+}
+
+// resolveSource validates --config-source and its companions, or picks the
+// source when it is not named.
+func resolveSource(source string, cfg Config, inCluster bool, bad func(name, format string, args ...any)) string {
+	fix := fmt.Sprintf("pass --%s FILE (or run istiod in a pod) to watch Kubernetes, --%s DIR to watch a directory, or only --%s FILE to serve the CA alone",
+		FlagKubeconfig, FlagConfigDir, FlagTokenFile)
+	switch source {
+	case "":
+		switch {
+		case cfg.Kubeconfig != "" && cfg.ConfigDir != "":
+			bad(FlagConfigSource, "both --%s and --%s are set; choose with --%s %s or %s", FlagKubeconfig, FlagConfigDir, FlagConfigSource, SourceKubernetes, SourceDir)
+		case cfg.Kubeconfig != "":
+			return SourceKubernetes
+		case cfg.ConfigDir != "":
+			return SourceDir
+		case inCluster:
+			return SourceKubernetes
+		case cfg.TokenFile != "":
+			return SourceNone
+		default:
+			bad(FlagConfigSource, "no config source: %s", fix)
+		}
+		return ""
+	case SourceKubernetes:
+		if cfg.Kubeconfig == "" && !inCluster {
+			bad(FlagKubeconfig, "required with --%s %s outside a pod (%s is not set)", FlagConfigSource, SourceKubernetes, EnvInClusterHost)
+		}
+		if cfg.ConfigDir != "" {
+			bad(FlagConfigDir, "only read with --%s %s", FlagConfigSource, SourceDir)
+		}
+	case SourceDir:
+		if cfg.ConfigDir == "" {
+			bad(FlagConfigDir, "required with --%s %s", FlagConfigSource, SourceDir)
+		}
+		if cfg.Kubeconfig != "" {
+			bad(FlagKubeconfig, "only read with --%s %s", FlagConfigSource, SourceKubernetes)
+		}
+	case SourceNone:
+		if cfg.Kubeconfig != "" || cfg.ConfigDir != "" {
+			bad(FlagConfigSource, "%s reads no config; drop --%s and --%s or choose another source", SourceNone, FlagKubeconfig, FlagConfigDir)
+		}
+	default:
+		bad(FlagConfigSource, "%q is not %s, %s or %s", source, SourceKubernetes, SourceDir, SourceNone)
+	}
+	return source
 }
 
 func splitList(s string) []string {

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/istiod/ambient"
+	"github.com/ambit-mesh/ambit/istiod/ca/kubeauth"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -46,6 +49,56 @@ func TestParseConfig(t *testing.T) {
 	}
 }
 
+func TestParseConfigSources(t *testing.T) {
+	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+	inPod := env(map[string]string{"KUBERNETES_SERVICE_HOST": "10.96.0.1"})
+	cases := []struct {
+		name       string
+		args       []string
+		env        func(string) string
+		source     string
+		kubeconfig string
+		dir        string
+	}{
+		{"kubeconfig picks kubernetes, no token file needed", []string{"--kubeconfig", "/k"}, env(nil), SourceKubernetes, "/k", ""},
+		{"in a pod picks kubernetes", nil, inPod, SourceKubernetes, "", ""},
+		{"in a pod with a token file too", []string{"--token-file", "t"}, inPod, SourceKubernetes, "", ""},
+		{"config dir picks dir", []string{"--config-dir", "/d", "--token-file", "t"}, env(nil), SourceDir, "", "/d"},
+		{"config dir wins over being in a pod", []string{"--config-dir", "/d", "--token-file", "t"}, inPod, SourceDir, "", "/d"},
+		{"token file alone: CA only (local mode)", []string{"--token-file", "t"}, env(nil), SourceNone, "", ""},
+		{"explicit kubernetes with kubeconfig from env", []string{"--config-source", "kubernetes"}, env(map[string]string{"AMBIT_KUBECONFIG": "/e"}), SourceKubernetes, "/e", ""},
+		{"explicit dir", []string{"--config-source", "dir", "--config-dir", "/d", "--token-file", "t"}, env(nil), SourceDir, "", "/d"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := parseConfig(append([]string{"--state-dir", "s"}, c.args...), c.env, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.ConfigSource != c.source || cfg.Kubeconfig != c.kubeconfig || cfg.ConfigDir != c.dir {
+				t.Errorf("source %q kubeconfig %q dir %q", cfg.ConfigSource, cfg.Kubeconfig, cfg.ConfigDir)
+			}
+		})
+	}
+
+	cfg, err := parseConfig([]string{"--state-dir", "s", "--kubeconfig", "k"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Tunnel != ambient.TunnelByAnnotation || cfg.ZtunnelSA != "istio-system/ztunnel" || cfg.ReadinessAddr != ":8080" ||
+		strings.Join(cfg.TokenAudiences, ",") != "istio-ca,"+kubeauth.AudienceAPIServer || cfg.TokenFile != "" {
+		t.Errorf("kubernetes defaults: %+v", cfg)
+	}
+	cfg, err = parseConfig([]string{"--state-dir", "s", "--kubeconfig", "k", "--tunnel", "enrollment", "--ztunnel-sa", "mesh/zt",
+		"--token-audiences", "a, b", "--readiness-addr", "127.0.0.1:9"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Tunnel != ambient.TunnelByEnrollment || cfg.ZtunnelSA != "mesh/zt" || strings.Join(cfg.TokenAudiences, ",") != "a,b" || cfg.ReadinessAddr != "127.0.0.1:9" {
+		t.Errorf("kubernetes flags: %+v", cfg)
+	}
+}
+
 func TestParseConfigErrors(t *testing.T) {
 	cases := []struct {
 		name string
@@ -54,7 +107,20 @@ func TestParseConfigErrors(t *testing.T) {
 		want string
 	}{
 		{"no CA source", []string{"--token-file", "t"}, nil, "--state-dir (AMBIT_STATE_DIR): set --state-dir"},
-		{"no token file", []string{"--state-dir", "s"}, nil, "--token-file (AMBIT_TOKEN_FILE): required"},
+		{"no source", []string{"--state-dir", "s"}, nil, "--config-source (AMBIT_CONFIG_SOURCE): no config source: pass --kubeconfig FILE"},
+		{"dir without token file", []string{"--state-dir", "s", "--config-dir", "d"}, nil, "--token-file (AMBIT_TOKEN_FILE): required with --config-source dir"},
+		{"none without token file", []string{"--state-dir", "s", "--config-source", "none"}, nil, "--token-file (AMBIT_TOKEN_FILE): required with --config-source none"},
+		{"kubernetes outside a pod", []string{"--state-dir", "s", "--config-source", "kubernetes"}, nil, "--kubeconfig (AMBIT_KUBECONFIG): required with --config-source kubernetes outside a pod"},
+		{"kubernetes with a dir", []string{"--state-dir", "s", "--config-source", "kubernetes", "--kubeconfig", "k", "--config-dir", "d"}, nil, "--config-dir (AMBIT_CONFIG_DIR): only read with --config-source dir"},
+		{"dir without dir", []string{"--state-dir", "s", "--token-file", "t", "--config-source", "dir"}, nil, "--config-dir (AMBIT_CONFIG_DIR): required"},
+		{"dir with kubeconfig", []string{"--state-dir", "s", "--token-file", "t", "--config-source", "dir", "--config-dir", "d", "--kubeconfig", "k"}, nil, "--kubeconfig (AMBIT_KUBECONFIG): only read with --config-source kubernetes"},
+		{"none with a dir", []string{"--state-dir", "s", "--token-file", "t", "--config-source", "none", "--config-dir", "d"}, nil, "none reads no config"},
+		{"ambiguous", []string{"--state-dir", "s", "--kubeconfig", "k", "--config-dir", "d"}, nil, "both --kubeconfig and --config-dir are set"},
+		{"bad source", []string{"--state-dir", "s", "--config-source", "etcd"}, nil, `"etcd" is not kubernetes, dir or none`},
+		{"bad tunnel", []string{"--state-dir", "s", "--kubeconfig", "k", "--tunnel", "always"}, nil, `--tunnel (AMBIT_TUNNEL): "always" is not annotation or enrollment`},
+		{"bad ztunnel sa", []string{"--state-dir", "s", "--kubeconfig", "k", "--ztunnel-sa", "ztunnel"}, nil, `--ztunnel-sa (AMBIT_ZTUNNEL_SA): "ztunnel" is not namespace/name`},
+		{"no audiences", []string{"--state-dir", "s", "--kubeconfig", "k", "--token-audiences", " , "}, nil, "--token-audiences (AMBIT_TOKEN_AUDIENCES): empty"},
+		{"bad readiness addr", []string{"--state-dir", "s", "--kubeconfig", "k", "--readiness-addr", "8080"}, nil, `--readiness-addr (AMBIT_READINESS_ADDR): "8080" is not host:port`},
 		{"bad trust domain", []string{"--state-dir", "s", "--token-file", "t", "--trust-domain", "Bad"}, nil, "--trust-domain"},
 		{"bad addr", []string{"--state-dir", "s", "--token-file", "t", "--grpc-addr", "15012"}, nil, "is not host:port"},
 		{"bad ttl", []string{"--state-dir", "s", "--token-file", "t", "--cert-ttl", "1d"}, nil, `--cert-ttl (AMBIT_CERT_TTL): "1d" is not a positive duration`},

@@ -54,7 +54,7 @@ func TestBinary(t *testing.T) {
 	}
 	rootOut := filepath.Join(dir, "root.pem")
 	cmd := exec.Command(os.Args[0], "--state-dir", filepath.Join(dir, "state"), "--token-file", tokens,
-		"--grpc-addr", "127.0.0.1:0", "--root-cert-out", rootOut, "--max-cert-ttl", "12h", "--cert-ttl", "1h")
+		"--grpc-addr", "127.0.0.1:0", "--readiness-addr", "127.0.0.1:0", "--root-cert-out", rootOut, "--max-cert-ttl", "12h", "--cert-ttl", "1h")
 	cmd.Env = append(os.Environ(), "ISTIOD_TEST_RUN_MAIN=1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -170,7 +170,7 @@ func TestBinaryCorruptState(t *testing.T) {
 	if err := os.WriteFile(tokens, []byte(tokenFile), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "--state-dir", state, "--token-file", tokens, "--grpc-addr", "127.0.0.1:0")
+	cmd := exec.Command(os.Args[0], "--state-dir", state, "--token-file", tokens, "--grpc-addr", "127.0.0.1:0", "--readiness-addr", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "ISTIOD_TEST_RUN_MAIN=1")
 	out, err := cmd.CombinedOutput()
 	ee, ok := err.(*exec.ExitError)

@@ -2,26 +2,86 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ambit-mesh/ambit/istiod/ambient"
 	"github.com/ambit-mesh/ambit/istiod/ca"
+	"github.com/ambit-mesh/ambit/istiod/ca/kubeauth"
+	"github.com/ambit-mesh/ambit/istiod/config"
+	"github.com/ambit-mesh/ambit/istiod/config/kube"
+	"github.com/ambit-mesh/ambit/istiod/xds"
 )
 
-// run starts the CA and serves until ctx ends, then stops gracefully and
-// returns nil. ready, if not nil, is called with the listen address once
-// the root certificate is written and the listener is open.
-func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(net.Addr)) error {
+// shutdownGrace bounds the graceful stop of the gRPC server (xDS streams
+// never end on their own; they are cut after it).
+const shutdownGrace = 5 * time.Second
+
+// Kubernetes client rate limits: one LIST per informer at start and a
+// TokenReview per new caller; client-go's default of 5 QPS is too low for
+// a node fleet renewing certificates.
+const (
+	kubeQPS   = 50
+	kubeBurst = 100
+)
+
+// addrs are where istiod listens, reported to run's ready hook.
+type addrs struct {
+	GRPC, Readiness net.Addr
+}
+
+// run starts the CA, the config source and the workload xDS server, and
+// serves until ctx ends, then stops gracefully and returns nil. ready, if
+// not nil, is called once the root certificate is written and both
+// listeners are open (before the first config is pushed).
+func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
 	auth, err := ca.LoadOrCreate(ca.Options{TrustDomain: cfg.TrustDomain, CADir: cfg.CADir, StateDir: cfg.StateDir, Logger: log})
 	if err != nil {
 		return err
 	}
-	tokens, err := ca.LoadStaticTokens(cfg.TokenFile, cfg.TrustDomain)
+	var authns chain
+	if cfg.TokenFile != "" {
+		tokens, err := ca.LoadStaticTokens(cfg.TokenFile, cfg.TrustDomain)
+		if err != nil {
+			return err
+		}
+		authns = append(authns, tokens)
+	}
+
+	var src config.Source
+	switch cfg.ConfigSource {
+	case SourceKubernetes:
+		ks, ka, err := kubernetesSource(cfg, log)
+		if err != nil {
+			return err
+		}
+		src = ks
+		authns = append(authns, ka)
+	case SourceDir:
+		src = config.NewDirSource(cfg.ConfigDir, log)
+	}
+
+	caSrv, err := ca.NewServer(auth, authns, ca.ServerOptions{DefaultTTL: cfg.CertTTL, MaxTTL: cfg.MaxCertTTL, Logger: log})
 	if err != nil {
 		return err
 	}
-	srv, err := ca.NewServer(auth, tokens, ca.ServerOptions{DefaultTTL: cfg.CertTTL, MaxTTL: cfg.MaxCertTTL, Logger: log})
+	xdsSrv, err := xds.New(xds.Options{Logger: log, Authorize: authorizeStream(authns)})
 	if err != nil {
 		return err
 	}
@@ -34,18 +94,180 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(net.Addr)
 			return fmt.Errorf("writing root certificate: %w", err)
 		}
 	}
+
+	gs := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	caSrv.Register(gs)
+	if src != nil {
+		xdsSrv.Register(gs)
+	}
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.GRPCAddr, err)
 	}
-	log.Info("serving certificates", "addr", lis.Addr().String(), "trust_domain", cfg.TrustDomain,
+	var isReady atomic.Bool
+	readyLis, err := net.Listen("tcp", cfg.ReadinessAddr)
+	if err != nil {
+		lis.Close()
+		return fmt.Errorf("listening for %s on %s: %w", ReadyPath, cfg.ReadinessAddr, err)
+	}
+	readySrv := &http.Server{Handler: readinessHandler(&isReady, cfg.ConfigSource), ReadHeaderTimeout: 10 * time.Second}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := gs.Serve(lis); err != nil {
+			errc <- fmt.Errorf("serving gRPC on %s: %w", lis.Addr(), err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := readySrv.Serve(readyLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serving %s on %s: %w", ReadyPath, readyLis.Addr(), err)
+		}
+	}()
+	if src != nil {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if err := src.Run(ctx); err != nil {
+				errc <- fmt.Errorf("config source %s: %w", cfg.ConfigSource, err)
+			}
+		}()
+		opts := ambient.Options{TrustDomain: cfg.TrustDomain, Tunnel: cfg.Tunnel}
+		go func() {
+			defer wg.Done()
+			pushLoop(ctx, src, opts, xdsSrv, log, func() { isReady.Store(true) })
+		}()
+	} else {
+		log.Warn("no config source: serving the CA only, no workload discovery",
+			"fix", fmt.Sprintf("--%s %s or --%s %s", FlagConfigSource, SourceKubernetes, FlagConfigSource, SourceDir))
+		isReady.Store(true)
+	}
+	log.Info("serving certificates", "addr", lis.Addr().String(), "readiness", readyLis.Addr().String(),
+		"config_source", cfg.ConfigSource, "trust_domain", cfg.TrustDomain,
 		"cert_ttl", cfg.CertTTL, "max_cert_ttl", cfg.MaxCertTTL, "root_cert_out", cfg.RootCertOut)
 	if ready != nil {
-		ready(lis.Addr())
+		ready(addrs{GRPC: lis.Addr(), Readiness: readyLis.Addr()})
 	}
-	if err := srv.Serve(ctx, lis, tlsConf); err != nil {
-		return err
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		cancel()
+	}
+	isReady.Store(false)
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	t := time.NewTimer(shutdownGrace)
+	select {
+	case <-stopped:
+	case <-t.C:
+		gs.Stop()
+		<-stopped
+	}
+	t.Stop()
+	sctx, scancel := context.WithTimeout(context.Background(), shutdownGrace)
+	_ = readySrv.Shutdown(sctx)
+	scancel()
+	wg.Wait()
+	if runErr != nil {
+		return runErr
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// kubernetesSource builds the informer source and the TokenReview
+// authenticator reading its pod cache.
+func kubernetesSource(cfg Config, log *slog.Logger) (*kube.Source, *kubeauth.Authenticator, error) {
+	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		if cfg.Kubeconfig == "" {
+			return nil, nil, fmt.Errorf("in-cluster Kubernetes config (no --%s): %w", FlagKubeconfig, err)
+		}
+		return nil, nil, fmt.Errorf("--%s %s: %w", FlagKubeconfig, cfg.Kubeconfig, err)
+	}
+	restCfg.QPS, restCfg.Burst = kubeQPS, kubeBurst
+	restCfg.UserAgent = "ambit-istiod"
+	kc, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client for %s: %w", restCfg.Host, err)
+	}
+	ic, err := istioclient.NewForConfig(restCfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("istio client for %s: %w", restCfg.Host, err)
+	}
+	src := kube.New(kc, ic, kube.Options{Logger: log})
+	ka, err := kubeauth.New(kubeauth.Options{
+		Reviews: kc.AuthenticationV1().TokenReviews(), Pods: src,
+		ZtunnelServiceAccount: cfg.ZtunnelSA, Audiences: cfg.TokenAudiences, Logger: log,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("watching Kubernetes", "server", restCfg.Host, "kubeconfig", cfg.Kubeconfig, "ztunnel_sa", cfg.ZtunnelSA, "token_audiences", cfg.TokenAudiences)
+	return src, ka, nil
+}
+
+// pushLoop rebuilds the workload API resources on every config change and
+// hands them to the xDS server. Build errors are logged when they first
+// appear (not again while they persist). first is called after the first
+// push.
+func pushLoop(ctx context.Context, src config.Source, opts ambient.Options, x *xds.Server, log *slog.Logger, first func()) {
+	seen := map[string]bool{}
+	pushed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-src.Changes():
+		}
+		snap := src.Snapshot()
+		start := time.Now()
+		res, errs := ambient.Build(snap, opts)
+		now := make(map[string]bool, len(errs))
+		for _, err := range errs {
+			msg := err.Error()
+			now[msg] = true
+			if seen[msg] {
+				continue
+			}
+			if errors.Is(err, ambient.ErrNotForZtunnel) {
+				log.Info("config object not sent to ztunnel", "reason", msg)
+			} else {
+				log.Warn("config object not fully applied", "error", msg)
+			}
+		}
+		seen = now
+		x.Set(xds.Resources{Addresses: res.Addresses(), Authorizations: res.Authorizations})
+		log.Debug("config pushed", "workloads", len(res.Workloads), "services", len(res.Services),
+			"authorizations", len(res.Authorizations), "build", time.Since(start))
+		if !pushed {
+			x.Flush()
+			pushed = true
+			log.Info("first config pushed", "workloads", len(res.Workloads), "services", len(res.Services),
+				"authorizations", len(res.Authorizations), "errors", len(errs))
+			first()
+		}
+	}
+}
+
+func readinessHandler(ready *atomic.Bool, source string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(ReadyPath, func(w http.ResponseWriter, _ *http.Request) {
+		if ready.Load() {
+			fmt.Fprintln(w, "ready")
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: first config from the %s source not pushed yet\n", source)
+	})
+	return mux
 }

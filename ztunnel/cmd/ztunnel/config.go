@@ -29,6 +29,7 @@ const (
 	FlagCAServerName  = "ca-server-name"
 	FlagTokenFile     = "token-file"
 	FlagLocalConfig   = "local-config"
+	FlagXDSAddr       = "xds-addr"
 	FlagCertTTL       = "cert-ttl"
 	FlagMetricsAddr   = "metrics-addr"
 	FlagReadinessAddr = "readiness-addr"
@@ -61,8 +62,13 @@ type Config struct {
 	// TokenFile holds the bearer token presented to the CA (re-read per
 	// request).
 	TokenFile string
-	// LocalConfig is the mesh state file (workloads, services, policies).
-	LocalConfig   string
+	// LocalConfig is the mesh state file (workloads, services, policies);
+	// when set it is used instead of xDS (local file mode).
+	LocalConfig string
+	// XDSAddr is istiod's workload discovery host:port (default CAAddr),
+	// verified with CAServerName and CARoot and authenticated with the
+	// token of TokenFile, as the CA. Empty when LocalConfig is set.
+	XDSAddr       string
 	CertTTL       time.Duration
 	MetricsAddr   string
 	ReadinessAddr string
@@ -95,7 +101,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		caRoot        = str(FlagCARoot, "", "PEM file with the root certificate(s) that verify the CA and HBONE peers (required)")
 		caServerName  = str(FlagCAServerName, DefaultCAServerName, "name verified in the CA's serving certificate")
 		tokenFile     = str(FlagTokenFile, "", "file with the bearer token for the CA, re-read on every request (required)")
-		localConfig   = str(FlagLocalConfig, "", "YAML file with the mesh state (workloads, services, policies), reloaded on change (required until xDS)")
+		localConfig   = str(FlagLocalConfig, "", "YAML file with the mesh state (workloads, services, policies), reloaded on change; when set, used instead of xDS")
+		xdsAddr       = str(FlagXDSAddr, "", "host:port of istiod's workload discovery (xDS); default --"+FlagCAAddr)
 		certTTL       = str(FlagCertTTL, identity.DefaultCertTTL.String(), "lifetime requested for workload certificates")
 		metricsAddr   = str(FlagMetricsAddr, DefaultMetricsAddr, "listen address of /stats/prometheus")
 		readinessAddr = str(FlagReadinessAddr, DefaultReadinessAddr, "listen address of /healthz/ready")
@@ -136,7 +143,18 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	required(FlagCARoot, cfg.CARoot, "the PEM root certificate that signed the CA's serving certificate and workload certificates")
 	required(FlagCAServerName, cfg.CAServerName, "the DNS name in the CA's serving certificate, default "+DefaultCAServerName)
 	required(FlagTokenFile, cfg.TokenFile, "the file with ztunnel's bearer token for the CA")
-	required(FlagLocalConfig, cfg.LocalConfig, "until ztunnel reads workload xDS, the mesh state comes from this file")
+	switch {
+	case cfg.LocalConfig != "" && *xdsAddr != "":
+		bad(FlagXDSAddr, "set together with --%s; the mesh state comes from one of them", FlagLocalConfig)
+	case cfg.LocalConfig == "":
+		cfg.XDSAddr = *xdsAddr
+		if cfg.XDSAddr == "" {
+			cfg.XDSAddr = cfg.CAAddr
+		}
+		if _, _, err := net.SplitHostPort(cfg.XDSAddr); cfg.XDSAddr != "" && err != nil {
+			bad(FlagXDSAddr, "%q is not host:port (e.g. istiod.istio-system.svc:15012)", cfg.XDSAddr)
+		}
+	}
 	if d, err := time.ParseDuration(*certTTL); err != nil || d <= 0 {
 		bad(FlagCertTTL, "%q is not a positive duration (e.g. 24h, 90m)", *certTTL)
 	} else {

@@ -51,6 +51,33 @@ func TestParseConfigEnvAndDefaults(t *testing.T) {
 	}
 }
 
+func TestParseConfigXDS(t *testing.T) {
+	noLocal := localArgs[:len(localArgs)-2]
+	if localArgs[len(localArgs)-2] != "--local-config" {
+		t.Fatal("localArgs must end with --local-config")
+	}
+	cfg, err := parseConfig(noLocal, noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.XDSAddr != "172.30.0.1:15012" || cfg.LocalConfig != "" {
+		t.Errorf("xDS defaults to the CA: %+v", cfg)
+	}
+	cfg, err = parseConfig(append(append([]string{}, noLocal...), "--xds-addr", "istiod.istio-system.svc:15010"), noEnv, io.Discard)
+	if err != nil || cfg.XDSAddr != "istiod.istio-system.svc:15010" {
+		t.Errorf("explicit --xds-addr: %+v %v", cfg, err)
+	}
+	cfg, err = parseConfig(noLocal, func(k string) string { return map[string]string{"AMBIT_XDS_ADDR": "10.1.1.1:15012"}[k] }, io.Discard)
+	if err != nil || cfg.XDSAddr != "10.1.1.1:15012" {
+		t.Errorf("xDS from env: %+v %v", cfg, err)
+	}
+	// Local file mode: no xDS.
+	cfg, err = parseConfig(localArgs, noEnv, io.Discard)
+	if err != nil || cfg.XDSAddr != "" {
+		t.Errorf("local mode: %+v %v", cfg, err)
+	}
+}
+
 func TestParseConfigErrors(t *testing.T) {
 	tests := []struct {
 		name string
@@ -59,8 +86,12 @@ func TestParseConfigErrors(t *testing.T) {
 	}{
 		{"nothing", nil, []string{
 			"--node (AMBIT_NODE): required", "--ca-addr (AMBIT_CA_ADDR): required", "--ca-root (AMBIT_CA_ROOT): required",
-			"--token-file (AMBIT_TOKEN_FILE): required", "--local-config (AMBIT_LOCAL_CONFIG): required",
+			"--token-file (AMBIT_TOKEN_FILE): required",
 		}},
+		{"local config and xds", append(append([]string{}, localArgs...), "--xds-addr", "10.0.0.1:15012"),
+			[]string{"--xds-addr (AMBIT_XDS_ADDR): set together with --local-config"}},
+		{"bad xds addr", append(append([]string{}, localArgs[:len(localArgs)-2]...), "--xds-addr", "istiod"),
+			[]string{`--xds-addr (AMBIT_XDS_ADDR): "istiod" is not host:port`}},
 		{"bad values", append(append([]string{}, localArgs...), "--ca-addr", "nohost", "--cert-ttl", "-1h",
 			"--admin-addr", "0.0.0.0:15000", "--metrics-addr", "15020", "--log-level", "loud", "--trust-domain", "Bad/TD"),
 			[]string{

@@ -5,7 +5,12 @@
 // (:15020/stats/prometheus), readiness (:15021/healthz/ready) and an admin
 // endpoint on localhost (:15000: /config_dump, /debug/pprof/).
 //
-// Until istiod serves workload xDS, the mesh state comes from
-// --local-config, reloaded on change. Flags are listed in config.go; each
-// can also be set by the environment (AMBIT_<FLAG>).
+// The mesh state (workloads, services, policies) comes from istiod's workload
+// discovery (delta ADS on --xds-addr, default the CA's --ca-addr, verified
+// and authenticated as the CA is); readiness waits for the first full state,
+// and while istiod is unreachable the last good state keeps being served
+// (the client reconnects with backoff). With --local-config the state comes
+// from that file instead, reloaded on change (local file mode, for tests).
+// Flags are listed in config.go; each can also be set by the environment
+// (AMBIT_<FLAG>).
 package main

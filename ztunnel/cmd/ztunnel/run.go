@@ -21,6 +21,7 @@ import (
 	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 	"github.com/ambit-mesh/ambit/ztunnel/proxy"
 	"github.com/ambit-mesh/ambit/ztunnel/state"
+	"github.com/ambit-mesh/ambit/ztunnel/xds"
 )
 
 // addrs are where the HTTP endpoints listen, reported to run's ready hook.
@@ -83,7 +84,24 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 		Logger:     log,
 	})
 	readiness.Set(admin.CondZDS, errors.New("ZDS snapshot from the node agent at "+cfg.ZDSSocket+" not processed yet"))
-	readiness.Set(admin.CondState, errors.New("local config "+cfg.LocalConfig+" not loaded yet"))
+	if cfg.LocalConfig != "" {
+		readiness.Set(admin.CondState, errors.New("local config "+cfg.LocalConfig+" not loaded yet"))
+	} else {
+		readiness.Set(admin.CondState, errors.New("workload xDS from "+cfg.XDSAddr+" not synced yet"))
+	}
+	var xc *xds.Client
+	if cfg.LocalConfig == "" {
+		xc, err = xds.New(xds.Options{
+			Address: cfg.XDSAddr, ServerName: cfg.CAServerName, RootCAFile: cfg.CARoot,
+			Token:  identity.FileToken(cfg.TokenFile),
+			NodeID: "ztunnel~" + cfg.Node, NodeMetadata: map[string]string{"NODE_NAME": cfg.Node},
+			Store: store, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("xDS client for %s: %w", cfg.XDSAddr, err)
+		}
+		defer xc.Close()
+	}
 	zc, err := zds.NewClient(zds.ClientConfig{Path: cfg.ZDSSocket, Handler: pods, Logger: log})
 	if err != nil {
 		return fmt.Errorf("ZDS client: %w", err)
@@ -98,7 +116,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 		{"readiness", cfg.ReadinessAddr, admin.ReadinessHandler(readiness)},
 		{"admin", cfg.AdminAddr, admin.Handler(admin.Sources{
 			State: store.Dump, Certificates: certs.Certificates, Pods: pods.Pods,
-			Info: map[string]string{"node": cfg.Node, "trustDomain": cfg.TrustDomain, "caAddr": cfg.CAAddr, "localConfig": cfg.LocalConfig},
+			Info: map[string]string{"node": cfg.Node, "trustDomain": cfg.TrustDomain, "caAddr": cfg.CAAddr, "localConfig": cfg.LocalConfig, "xdsAddr": cfg.XDSAddr},
 		})},
 	}
 	var servers []*http.Server
@@ -124,21 +142,37 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	var wg sync.WaitGroup
 	var loaded sync.Once
 	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		_ = state.Watch(ctx, cfg.LocalConfig, store, state.WatchOptions{Logger: log, Reloaded: func(err error) {
-			if err == nil {
-				loaded.Do(func() { readiness.Set(admin.CondState, nil) })
-				return
+	if xc != nil {
+		// The client keeps the last good state in the store while istiod
+		// is unreachable; readiness stays once the first full state is in.
+		go func() { defer wg.Done(); _ = xc.Run(ctx) }()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-xc.Synced():
+				log.Info("workload xDS synced", "xds", cfg.XDSAddr)
+				readiness.Set(admin.CondState, nil)
+			case <-ctx.Done():
 			}
-			if store.Load().Version() == 0 {
-				readiness.Set(admin.CondState, err)
-			}
-		}})
-	}()
+		}()
+	} else {
+		go func() {
+			defer wg.Done()
+			_ = state.Watch(ctx, cfg.LocalConfig, store, state.WatchOptions{Logger: log, Reloaded: func(err error) {
+				if err == nil {
+					loaded.Do(func() { readiness.Set(admin.CondState, nil) })
+					return
+				}
+				if store.Load().Version() == 0 {
+					readiness.Set(admin.CondState, err)
+				}
+			}})
+		}()
+	}
 	go func() { defer wg.Done(); pods.Run(ctx) }()
 	go func() { defer wg.Done(); _ = zc.Run(ctx) }()
-	log.Info("ztunnel started", "zds_socket", cfg.ZDSSocket, "ca", cfg.CAAddr, "local_config", cfg.LocalConfig,
+	log.Info("ztunnel started", "zds_socket", cfg.ZDSSocket, "ca", cfg.CAAddr, "local_config", cfg.LocalConfig, "xds", cfg.XDSAddr,
 		"metrics", bound[0].String(), "readiness", bound[1].String(), "admin", bound[2].String())
 	if ready != nil {
 		ready(addrs{Metrics: bound[0], Readiness: bound[1], Admin: bound[2]})

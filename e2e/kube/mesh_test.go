@@ -25,7 +25,6 @@ import (
 	"github.com/ambit-mesh/ambit/e2e/kube/testnode"
 	"github.com/ambit-mesh/ambit/pkg/enrollment"
 	"github.com/ambit-mesh/ambit/pkg/netns"
-	"github.com/ambit-mesh/ambit/pkg/netns/netnstest"
 	"github.com/ambit-mesh/ambit/pkg/spiffe"
 	"github.com/ambit-mesh/ambit/ztunnel/identity"
 )
@@ -84,11 +83,6 @@ func TestKubeMesh(t *testing.T) {
 			t.Errorf("node-a asking for its client's identity: %v", err)
 		}
 	})
-
-	if !m.xds {
-		netnstest.SkipOrFail(t, "ztunnel has no --xds-addr yet: traffic and policy cases need workload xDS from istiod")
-		return
-	}
 
 	t.Run("HBONEAcrossNodes", func(t *testing.T) {
 		m.mustGet(t, client, serverURL, convergeWithin)

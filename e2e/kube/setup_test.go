@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -56,14 +55,11 @@ var binaries = []struct{ name, pkg string }{
 // mesh is a running Kubernetes-mode mesh: the shared cluster, two test
 // nodes, istiod in the backbone, and a cni-agent and ztunnel per node.
 type mesh struct {
-	t     *testing.T
-	c     *cluster.Cluster
-	nodes *testnode.Nodes
-	dir   string
-	bin   string
-	// xds is false while ztunnel cannot read workload xDS (no --xds-addr):
-	// it then runs with an empty --local-config and knows no workloads.
-	xds      bool
+	t        *testing.T
+	c        *cluster.Cluster
+	nodes    *testnode.Nodes
+	dir      string
+	bin      string
 	rootCert string
 	// ztunnelToken is each node's ztunnel token (bound to its Pod object).
 	ztunnelToken map[string]string
@@ -87,7 +83,11 @@ func newMesh(t *testing.T) *mesh {
 	defer cancel()
 	m := &mesh{t: t, c: c, dir: t.TempDir(), ztunnelToken: map[string]string{}}
 	m.bin = filepath.Join(m.dir, "bin")
-	if _, err := c.ApplyIstioCRDs(ctx); err != nil {
+	crds, err := cluster.IstioCRDs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.ApplyCRDs(ctx, c.Config, crds); err != nil {
 		t.Fatalf("applying Istio CRDs: %v", err)
 	}
 	m.build(t)
@@ -143,8 +143,6 @@ func (m *mesh) build(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	out, _ := exec.Command(filepath.Join(m.bin, "ztunnel"), "-h").CombinedOutput()
-	m.xds = bytes.Contains(out, []byte("-xds-addr"))
 }
 
 // createSystem creates istio-system, ztunnel's service account and the
@@ -276,12 +274,7 @@ func (m *mesh) startNode(ctx context.Context, node string) {
 	zargs := []string{
 		"--node", node, "--zds-socket", zds, "--trust-domain", trustDomain,
 		"--ca-addr", m.istiodAddr(), "--ca-root", m.rootCert, "--ca-server-name", caServerName,
-		"--token-file", ztTokenFile, "--log-level", "debug",
-	}
-	if m.xds {
-		zargs = append(zargs, "--xds-addr", m.istiodAddr())
-	} else {
-		zargs = append(zargs, "--local-config", m.writeFile("ztunnel-empty-"+node+".yaml", "{}\n"))
+		"--token-file", ztTokenFile, "--xds-addr", m.istiodAddr(), "--log-level", "debug",
 	}
 	if _, err := m.nodes.Launch(node, "ztunnel-"+node, filepath.Join(m.bin, "ztunnel"), zargs, nil); err != nil {
 		t.Fatal(err)

@@ -73,9 +73,7 @@ func TestBinaryKubernetes(t *testing.T) {
 	c := cluster.StartT(t, cluster.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	if _, err := c.ApplyIstioCRDs(ctx); err != nil {
-		t.Fatal(err)
-	}
+	applyIstioCRDs(ctx, t, c)
 	if _, err := c.CreateNamespace(ctx, "istio-system", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +112,7 @@ func TestBinaryKubernetes(t *testing.T) {
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-exited
-		if t.Failed() {
+		if t.Failed() || os.Getenv("AMBIT_TEST_LOGS") != "" {
 			t.Logf("istiod log:\n%s", logs.String())
 		}
 	})
@@ -292,6 +290,19 @@ func TestBinaryKubernetes(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "msg=stopped") {
 		t.Error("no stopped line")
+	}
+}
+
+// applyIstioCRDs applies Istio's CRDs (crd-all.gen.yaml of the istio.io/istio
+// module in go.mod); Gateway API's are not needed here.
+func applyIstioCRDs(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	path, err := cluster.IstioCRDs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.ApplyCRDs(ctx, c.Config, path); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -97,9 +97,7 @@ func TestAgainstAPIServer(t *testing.T) {
 	}
 
 	// The CRDs appear; a policy made right after is seen.
-	if _, err := c.ApplyIstioCRDs(ctx); err != nil {
-		t.Fatal(err)
-	}
+	applyIstioCRDs(ctx, t, c)
 	ist := istioClient(t, c)
 	policy := &securityv1.AuthorizationPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "deny-web"},
@@ -213,6 +211,19 @@ func TestAgainstAPIServer(t *testing.T) {
 	pods, err := src2.PodsOnNode("node-b")
 	if err != nil || len(pods) != 1 || pods[0].Name != "cart-2" {
 		t.Errorf("PodsOnNode(node-b) = %v, %v", pods, err)
+	}
+}
+
+// applyIstioCRDs applies Istio's CRDs (crd-all.gen.yaml of the istio.io/istio
+// module in go.mod); Gateway API's are not needed here.
+func applyIstioCRDs(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	path, err := cluster.IstioCRDs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.ApplyCRDs(ctx, c.Config, path); err != nil {
+		t.Fatal(err)
 	}
 }
 

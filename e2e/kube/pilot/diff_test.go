@@ -2,6 +2,7 @@ package pilot_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -28,6 +29,21 @@ func fixtureReady(s *config.Snapshot) error {
 		if p.Status.PodIP != fp.ip {
 			return fmt.Errorf("pod %s/%s: IP %q, want %q", fp.ns, fp.name, p.Status.PodIP, fp.ip)
 		}
+	}
+	web := 0
+	for _, p := range s.Pods {
+		if p.Namespace == nsAmbient && p.Labels["app"] == "web" && p.Status.PodIP == webIP {
+			web++
+		}
+	}
+	if web != 1 {
+		return fmt.Errorf("%d pods of Deployment web with IP %s", web, webIP)
+	}
+	if s.Pods[config.Key(nsAmbient, "terminating")].DeletionTimestamp == nil {
+		return errors.New("pod terminating not seen deleted")
+	}
+	if s.EndpointSlices[config.Key(nsPlain, "manual-1")] == nil {
+		return errors.New("EndpointSlice manual-1 not seen")
 	}
 	for _, svc := range fixtureServices {
 		if s.Services[config.Key(svc.Namespace, svc.Name)] == nil {

@@ -10,7 +10,9 @@ import (
 	typeapi "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -37,7 +39,13 @@ type fixturePod struct {
 	ip                 string // "" leaves the pod Pending without an IP
 	ready              bool
 	hostNetwork        bool
+	phase              corev1.PodPhase // default Running (with an IP)
+	terminating        bool            // deleted, held by a finalizer
 }
+
+// finalizer holds the terminating pod (nothing removes it; the cluster is
+// discarded after the tests).
+const finalizer = "ambit.test/hold"
 
 var fixturePods = []fixturePod{
 	{ns: nsAmbient, name: "server-1", sa: "server", node: nodeA, ip: "10.244.1.10", ready: true,
@@ -59,11 +67,24 @@ var fixturePods = []fixturePod{
 		labels: map[string]string{"app": "legacy", "app.kubernetes.io/version": "1.2"}},
 	{ns: nsPlain, name: "hostnet", sa: "default", node: nodeA, ip: "172.18.0.10", ready: true,
 		labels: map[string]string{"app": "hostnet"}, hostNetwork: true},
+	// A native HBONE workload (no capture needed).
+	{ns: nsPlain, name: "native", sa: "default", node: nodeA, ip: "10.244.1.40", ready: true,
+		labels: map[string]string{"app": "native", "networking.istio.io/tunnel": "http"}},
+	// Finished: no workload.
+	{ns: nsPlain, name: "done", sa: "default", node: nodeB, ip: "10.244.2.41", ready: false, phase: corev1.PodSucceeded,
+		labels: map[string]string{"app": "legacy"}},
+	// Being deleted (held by a finalizer): UNHEALTHY.
+	{ns: nsAmbient, name: "terminating", sa: "server", node: nodeB, ip: "10.244.2.42", ready: true,
+		labels: map[string]string{"app": "server"}, terminating: true},
 }
 
 func (p fixturePod) object() *corev1.Pod {
+	var fin []string
+	if p.terminating {
+		fin = []string{finalizer}
+	}
 	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: p.ns, Labels: p.labels, Annotations: p.annot},
+		ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: p.ns, Labels: p.labels, Annotations: p.annot, Finalizers: fin},
 		Spec: corev1.PodSpec{
 			ServiceAccountName: p.sa,
 			NodeName:           p.node,
@@ -91,8 +112,12 @@ func (p fixturePod) status() corev1.PodStatus {
 		ready = corev1.ConditionTrue
 	}
 	now := metav1.Now()
+	phase := p.phase
+	if phase == "" {
+		phase = corev1.PodRunning
+	}
 	return corev1.PodStatus{
-		Phase:  corev1.PodRunning,
+		Phase:  phase,
 		PodIP:  p.ip,
 		PodIPs: []corev1.PodIP{{IP: p.ip}},
 		HostIP: "172.18.0.10",
@@ -140,6 +165,44 @@ var fixtureServices = []*corev1.Service{
 		},
 	},
 	{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: nsAmbient},
+		Spec: corev1.ServiceSpec{
+			Selector:            map[string]string{"app": "web"},
+			Ports:               []corev1.ServicePort{tcpPort("http", 80, intstr.FromInt32(8080), "kubernetes.io/h2c")},
+			TrafficDistribution: ptr("PreferClose"),
+		},
+	},
+	{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-local", Namespace: nsAmbient},
+		Spec: corev1.ServiceSpec{
+			Selector:              map[string]string{"app": "web"},
+			Ports:                 []corev1.ServicePort{tcpPort("tcp", 81, intstr.FromInt32(8080), "")},
+			InternalTrafficPolicy: ptr(corev1.ServiceInternalTrafficPolicyLocal),
+		},
+	},
+	{
+		ObjectMeta: metav1.ObjectMeta{Name: "not-ready", Namespace: nsAmbient},
+		Spec: corev1.ServiceSpec{
+			Selector:                 map[string]string{"app": "server"},
+			Ports:                    []corev1.ServicePort{tcpPort("tcp", 82, intstr.FromString("grpc"), "")},
+			PublishNotReadyAddresses: true,
+		},
+	},
+	// No selector: its endpoints come from a hand-written EndpointSlice.
+	{
+		ObjectMeta: metav1.ObjectMeta{Name: "manual", Namespace: nsPlain},
+		Spec: corev1.ServiceSpec{
+			Ports: []corev1.ServicePort{tcpPort("tcp-db", 5432, intstr.FromInt32(5432), "")},
+		},
+	},
+	{
+		ObjectMeta: metav1.ObjectMeta{Name: "external", Namespace: nsPlain},
+		Spec: corev1.ServiceSpec{
+			Type:         corev1.ServiceTypeExternalName,
+			ExternalName: "example.invalid",
+		},
+	},
+	{
 		ObjectMeta: metav1.ObjectMeta{Name: "legacy", Namespace: nsPlain},
 		Spec: corev1.ServiceSpec{
 			Selector: map[string]string{"app": "legacy"},
@@ -147,6 +210,8 @@ var fixtureServices = []*corev1.Service{
 		},
 	},
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func selector(kv ...string) *typeapi.WorkloadSelector {
 	m := map[string]string{}
@@ -242,7 +307,53 @@ func fixturePolicies() []*securityv1.AuthorizationPolicy {
 		authz(nsPlain, "allow-all", &securityapi.AuthorizationPolicy{
 			Rules: []*securityapi.Rule{{}},
 		}),
+		authz(nsAmbient, "deny-when", &securityapi.AuthorizationPolicy{
+			Selector: selector("app", "web"),
+			Action:   securityapi.AuthorizationPolicy_DENY,
+			Rules: []*securityapi.Rule{{
+				From: []*securityapi.Rule_From{{Source: &securityapi.Source{NotNamespaces: []string{nsAmbient, "istio-system"}}}},
+				When: []*securityapi.Condition{
+					{Key: "source.namespace", Values: []string{nsPlain}},
+					{Key: "destination.ip", NotValues: []string{"10.0.0.1", "10.1.0.0/16"}},
+					{Key: "source.principal", Values: []string{"*"}},
+				},
+			}},
+		}),
+		authz(nsAmbient, "allow-sa", &securityapi.AuthorizationPolicy{
+			Selector: selector("app", "web"),
+			Rules: []*securityapi.Rule{{
+				From: []*securityapi.Rule_From{
+					{Source: &securityapi.Source{ServiceAccounts: []string{nsAmbient + "/client"}}},
+					{Source: &securityapi.Source{NotServiceAccounts: []string{nsPlain + "/default"}}},
+				},
+				To: []*securityapi.Rule_To{
+					{Operation: &securityapi.Operation{Ports: []string{"8080"}}},
+					{Operation: &securityapi.Operation{Ports: []string{"8443"}}},
+				},
+			}},
+		}),
+		authz(pilot.Namespace, "mesh-allow-health", &securityapi.AuthorizationPolicy{
+			Action: securityapi.AuthorizationPolicy_ALLOW,
+			Rules: []*securityapi.Rule{{
+				From: []*securityapi.Rule_From{{Source: &securityapi.Source{IpBlocks: []string{"169.254.7.127/32"}}}},
+			}},
+		}),
+		dryRun(authz(nsAmbient, "dry-run", &securityapi.AuthorizationPolicy{
+			Action: securityapi.AuthorizationPolicy_DENY,
+			Rules:  []*securityapi.Rule{{}},
+		})),
+		// Bound to a waypoint by targetRefs: not ztunnel's.
+		authz(nsAmbient, "targeted", &securityapi.AuthorizationPolicy{
+			TargetRefs: []*typeapi.PolicyTargetReference{{Kind: "Service", Group: "", Name: "web"}},
+			Action:     securityapi.AuthorizationPolicy_DENY,
+			Rules:      []*securityapi.Rule{{}},
+		}),
 	}
+}
+
+func dryRun(p *securityv1.AuthorizationPolicy) *securityv1.AuthorizationPolicy {
+	p.Annotations = map[string]string{"istio.io/dry-run": "true"}
+	return p
 }
 
 func fixturePeerAuthentications() []*securityv1.PeerAuthentication {
@@ -262,6 +373,89 @@ func fixturePeerAuthentications() []*securityv1.PeerAuthentication {
 				},
 			},
 		},
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "mesh", Namespace: pilot.Namespace},
+			Spec: securityapi.PeerAuthentication{
+				Mtls: &securityapi.PeerAuthentication_MutualTLS{Mode: securityapi.PeerAuthentication_MutualTLS_PERMISSIVE},
+			},
+		},
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "native-strict", Namespace: nsPlain},
+			Spec: securityapi.PeerAuthentication{
+				Selector: selector("app", "native"),
+				Mtls:     &securityapi.PeerAuthentication_MutualTLS{Mode: securityapi.PeerAuthentication_MutualTLS_STRICT},
+				PortLevelMtls: map[uint32]*securityapi.PeerAuthentication_MutualTLS{
+					8080: {Mode: securityapi.PeerAuthentication_MutualTLS_DISABLE},
+				},
+			},
+		},
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "legacy-strict", Namespace: nsPlain},
+			Spec: securityapi.PeerAuthentication{
+				Selector: selector("app", "legacy"),
+				Mtls:     &securityapi.PeerAuthentication_MutualTLS{Mode: securityapi.PeerAuthentication_MutualTLS_STRICT},
+			},
+		},
+	}
+}
+
+// webIP is the IP the test gives the Deployment's one pod.
+const webIP = "10.244.1.30"
+
+// applyDeployment creates Deployment fx-ambient/web with one replica and,
+// once the controllers created its pod (name unknown in advance), binds it to
+// nodeA and writes its status: a pod with real owner references
+// (ReplicaSet, Deployment), from which workload_name is derived.
+func applyDeployment(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	labels := map[string]string{"app": "web"}
+	_, err := c.Client.AppsV1().Deployments(nsAmbient).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: nsAmbient},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels,
+					Annotations: map[string]string{"ambient.istio.io/redirection": "enabled"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{
+					Name: "web", Image: "registry.invalid/web:1",
+					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+				}}},
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("fixture: deployment web: %v", err)
+	}
+	var pod *corev1.Pod
+	err = cluster.Eventually(ctx, "the pod of Deployment web", func(ctx context.Context) error {
+		l, err := c.Client.CoreV1().Pods(nsAmbient).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil {
+			return err
+		}
+		if len(l.Items) != 1 {
+			return fmt.Errorf("%d pods", len(l.Items))
+		}
+		pod = &l.Items[0]
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Client.CoreV1().Pods(nsAmbient).Bind(ctx, &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: nsAmbient},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: nodeA},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("fixture: binding %s: %v", pod.Name, err)
+	}
+	pod, err = c.Client.CoreV1().Pods(nsAmbient).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status = fixturePod{ip: webIP, ready: true}.status()
+	if _, err := c.Client.CoreV1().Pods(nsAmbient).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("fixture: status of %s: %v", pod.Name, err)
 	}
 }
 
@@ -301,7 +495,18 @@ func applyFixture(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 		pod.Status = fp.status()
 		_, err = c.Client.CoreV1().Pods(fp.ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
 		must("pod status "+fp.name, err)
+		if fp.terminating {
+			must("deleting pod "+fp.name, c.Client.CoreV1().Pods(fp.ns).Delete(ctx, fp.name, metav1.DeleteOptions{}))
+		}
 	}
+	applyDeployment(ctx, t, c)
+	_, err = c.Client.DiscoveryV1().EndpointSlices(nsPlain).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "manual-1", Namespace: nsPlain, Labels: map[string]string{discoveryv1.LabelServiceName: "manual"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.5.5"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr("tcp-db"), Port: ptr[int32](5432), Protocol: ptr(corev1.ProtocolTCP)}},
+	}, metav1.CreateOptions{})
+	must("EndpointSlice manual-1", err)
 	ic, err := istioclient.NewForConfig(c.Config)
 	must("istio client", err)
 	for _, p := range fixturePolicies() {

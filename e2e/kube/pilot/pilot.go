@@ -108,7 +108,7 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (*Pilot, error
 			return nil, err
 		}
 	}
-	if _, err := c.ApplyIstioCRDs(ctx); err != nil {
+	if err := applyCRDs(ctx, c); err != nil {
 		return nil, fmt.Errorf("applying Istio and Gateway API CRDs for pilot-discovery: %w", err)
 	}
 	if err := ensureNamespace(ctx, c, Namespace); err != nil {
@@ -329,6 +329,33 @@ func (p *Pilot) RootCert(ctx context.Context, namespace string) ([]byte, error) 
 		return fmt.Errorf("no %s in it yet", RootCertKey)
 	})
 	return pem, err
+}
+
+// applyCRDs applies Istio's and Gateway API's CRDs, which pilot waits for.
+// Gateway API's directory also holds a kustomization.yaml, which
+// cluster.ApplyCRDs (and so Cluster.ApplyIstioCRDs) refuses as a document
+// without a kind: only the CRD files are passed.
+func applyCRDs(ctx context.Context, c *cluster.Cluster) error {
+	istio, err := cluster.IstioCRDs(ctx)
+	if err != nil {
+		return err
+	}
+	gwDir, err := cluster.GatewayAPICRDs(ctx)
+	if err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(gwDir)
+	if err != nil {
+		return fmt.Errorf("listing Gateway API CRDs: %w", err)
+	}
+	paths := []string{istio}
+	for _, e := range entries {
+		if !e.IsDir() && strings.HasPrefix(e.Name(), "gateway.networking.") && strings.HasSuffix(e.Name(), ".yaml") {
+			paths = append(paths, filepath.Join(gwDir, e.Name()))
+		}
+	}
+	_, err = cluster.ApplyCRDs(ctx, c.Config, paths...)
+	return err
 }
 
 func ensureNamespace(ctx context.Context, c *cluster.Cluster, name string) error {

@@ -113,7 +113,8 @@ func yamlFiles(paths []string) ([]string, error) {
 	return out, nil
 }
 
-// readObjects decodes every non-empty document of a multi-document YAML file.
+// readObjects decodes every document of a multi-document YAML file that is
+// a Kubernetes object (has apiVersion and kind); others are skipped.
 func readObjects(path string) ([]*unstructured.Unstructured, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -137,9 +138,13 @@ func readObjects(path string) ([]*unstructured.Unstructured, error) {
 		if len(bytes.TrimSpace(js)) == 0 || string(bytes.TrimSpace(js)) == "null" {
 			continue
 		}
-		obj := &unstructured.Unstructured{}
-		if err := obj.UnmarshalJSON(js); err != nil {
+		var m map[string]any
+		if err := json.Unmarshal(js, &m); err != nil {
 			return nil, fmt.Errorf("decoding document %d of %s: %w", i, path, err)
+		}
+		obj := &unstructured.Unstructured{Object: m}
+		if obj.GetAPIVersion() == "" || obj.GetKind() == "" {
+			continue // not an object: a kustomization.yaml, a values file
 		}
 		out = append(out, obj)
 	}

@@ -122,7 +122,7 @@ build_binaries() {
 	local b start
 	for b in $missing; do
 		start=$(date +%s)
-		log "building $b $KUBE_VERSION (first time only, ~10 min for kube-apiserver)..."
+		log "building $b $KUBE_VERSION (first time only; kube-apiserver takes ~10 min on 2 idle cores)..."
 		(cd "$SRC_DIR" && GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 \
 			go build -trimpath -ldflags "$ldflags" -o "$BIN_DIR/.$b.tmp.$$" "./cmd/$b")
 		mv -f "$BIN_DIR/.$b.tmp.$$" "$BIN_DIR/$b"

@@ -122,6 +122,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr error) {
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
+	begin := time.Now()
+	var phases []string
+	phase := func(name string) {
+		phases = append(phases, fmt.Sprintf("%s %.1fs", name, time.Since(begin).Seconds()))
+	}
 
 	dir, err := os.MkdirTemp("", "ambit-kube-")
 	if err != nil {
@@ -184,6 +189,7 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 	}); err != nil {
 		return nil, err
 	}
+	phase("etcd")
 
 	// kube-apiserver
 	apiArgs := append([]string{
@@ -219,6 +225,7 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 	}); err != nil {
 		return nil, err
 	}
+	phase("kube-apiserver")
 
 	// Client configuration and kubeconfigs.
 	c.Config = &rest.Config{
@@ -276,6 +283,9 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 	}); err != nil {
 		return nil, err
 	}
+	phase("kube-controller-manager")
+	fmt.Fprintf(opts.Progress, "e2e/kube: cluster %s up in %s (ready at: %s)\n",
+		c.Server, time.Since(begin).Round(time.Millisecond), strings.Join(phases, ", "))
 	return c, nil
 }
 

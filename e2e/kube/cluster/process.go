@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -36,7 +38,7 @@ func startProcess(dir, name, bin string, args []string) (*process, error) {
 		Pdeathsig: syscall.SIGKILL,
 	}
 	fmt.Fprintf(f, "# %s %q\n", bin, args)
-	if err := cmd.Start(); err != nil {
+	if err := spawn(cmd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("starting %s (%s): %w", name, bin, err)
 	}
@@ -97,4 +99,30 @@ func (p *process) describeExit() string {
 		return "running"
 	}
 	return fmt.Sprintf("exited: %v", p.err)
+}
+
+// spawnCh feeds the spawner thread; see spawn.
+var (
+	spawnOnce sync.Once
+	spawnCh   chan func()
+)
+
+// spawn starts cmd from one OS thread that lives as long as the test binary.
+// Pdeathsig fires when the thread that forked the child exits, not the
+// process, and the Go runtime ends a thread whose goroutine exits while
+// locked to it (netns helpers do that on purpose); forking from a random
+// thread would let such a test kill the cluster.
+func spawn(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnCh = make(chan func())
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread stays
+			for f := range spawnCh {
+				f()
+			}
+		}()
+	})
+	errc := make(chan error, 1)
+	spawnCh <- func() { errc <- cmd.Start() }
+	return <-errc
 }

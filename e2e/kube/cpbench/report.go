@@ -72,6 +72,9 @@ func secRow(label string, f func(result) float64) row {
 func cpuRow(label string, f func(result) time.Duration) row {
 	return row{label, func(r result) (string, float64) {
 		v := f(r).Seconds()
+		if v < 1 {
+			return fmt.Sprintf("%.3f", v), v
+		}
 		return fmt.Sprintf("%.2f", v), v
 	}}
 }

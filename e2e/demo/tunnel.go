@@ -58,7 +58,7 @@ func runTunnel(istiodBin string) error {
 	step("starting istiod (CA) on %s", caAddr)
 	istiod := exec.Command(istiodBin, "--trust-domain", trustDomain, "--state-dir", filepath.Join(dir, "istiod"),
 		"--token-file", filepath.Join(dir, "tokens.yaml"), "--grpc-addr", caAddr, "--root-cert-out", rootFile,
-		"--log-level", "warn")
+		"--log-level", "warn", "--readiness-addr", "127.0.0.1:0")
 	istiod.Stdout, istiod.Stderr = os.Stderr, os.Stderr
 	if err := istiod.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w (run 'make build' first)", istiodBin, err)

@@ -47,3 +47,11 @@ go_tool() { # name module version
   ln -sf "$dest" "$cache/bin/$name"
 }
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck v0.8.2
+
+# The Kubernetes control plane (etcd from Debian; kube-apiserver,
+# kube-controller-manager and kubectl built from source) and Istio's
+# pilot-discovery for the Kubernetes-mode tests. Both are cached by version;
+# the first build takes tens of minutes on two cores, later runs nothing.
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bash "$here/../e2e/kube/build.sh" >/dev/null
+bash "$here/../e2e/kube/pilot/build.sh" >/dev/null

@@ -72,26 +72,65 @@ func TestPilot(t *testing.T) {
 	defer cancel()
 	applyFixture(ctx, t, c)
 
-	t.Run("Differential", func(t *testing.T) { testDifferential(ctx, t, c, p) })
+	// Interop first: Differential changes the fixture.
 	t.Run("Interop", func(t *testing.T) { testInterop(ctx, t, c, p) })
+	t.Run("Differential", func(t *testing.T) { testDifferential(ctx, t, c, p) })
 }
 
 // convergeTimeout bounds how long pilot may take to reflect the fixture
 // (its debounce is 100 ms; informer events arrive within a second).
 const convergeTimeout = 30 * time.Second
 
+// testDifferential compares pilot's resources with Ambit's for the fixture,
+// then again after a round of changes (pilot's stream stays open, so its
+// incremental pushes and removals are what is compared; Ambit's side is
+// rebuilt from a fresh source).
 func testDifferential(ctx context.Context, t *testing.T, c *cluster.Cluster, p *pilot.Pilot) {
-	ambitW, buildErrs := ambitSide(ctx, t, c, fixtureReady)
+	pw := pilotWatch(ctx, t, c, p)
+	compareWithAmbit(ctx, t, c, pw, "fixture", fixtureReady)
+	if t.Failed() {
+		return
+	}
+	mutateFixture(ctx, t, c)
+	// Pilot keeps a stale converted_peer_authentication_server-ports after
+	// the namespace's STRICT PeerAuthentication is deleted: its
+	// PeerAuthDerivedPolicies collection (pilot/pkg/serviceregistry/ambient/
+	// policies.go) reads the namespace and mesh PeerAuthentications with
+	// PeerAuthByNamespace.Lookup, outside krt's dependency tracking, so a
+	// change of those does not recompute the workload policy. With the mesh
+	// PERMISSIVE and no namespace policy, port 9090 PERMISSIVE changes
+	// nothing and Istio's own convertPeerAuthentication returns nil, as Ambit
+	// does. An upstream bug: tolerated on this long-lived stream only, and
+	// checked below against a freshly started pilot.
+	stale := []string{nsAmbient + "/" + "converted_peer_authentication_server-ports"}
+	compareWithAmbit(ctx, t, c, pw, "after changes (long-lived stream)", mutatedReady, stale...)
+
+	_ = p.Stop() // its own cleanup reports a failure
+	fresh := startPilot(t, c)
+	compareWithAmbit(ctx, t, c, pilotWatch(ctx, t, c, fresh), "after changes (fresh pilot)", mutatedReady)
+}
+
+// compareWithAmbit waits until pilot's resources (pw) equal Ambit's for
+// the state ready accepts. Authorizations named in pilotStale are dropped
+// from pilot's side when Ambit has none of that name (known staleness of
+// pilot, see the caller).
+func compareWithAmbit(ctx context.Context, t *testing.T, c *cluster.Cluster, pw *pilot.Watcher, phase string, ready func(*config.Snapshot) error, pilotStale ...string) {
+	t.Helper()
+	ambitW, buildErrs := ambitSide(ctx, t, c, ready)
 	for _, err := range buildErrs {
-		t.Logf("Ambit build note: %v", err)
+		t.Logf("%s: Ambit build note: %v", phase, err)
 	}
 	want := ambitW.Resources()
-	pw := pilotWatch(ctx, t, c, p)
-
 	cctx, cancel := context.WithTimeout(ctx, convergeTimeout)
 	defer cancel()
 	var report []string
 	err := pw.WaitFor(cctx, "pilot's resources to equal Ambit's", func(got pilot.Resources) error {
+		for _, name := range pilotStale {
+			if _, ok := want.Authorizations[name]; !ok && got.Authorizations[name] != nil {
+				t.Logf("%s: ignoring pilot's stale Authorization %s", phase, name)
+				delete(got.Authorizations, name)
+			}
+		}
 		report = diffResources(got, want)
 		if len(report) > 0 {
 			return fmt.Errorf("%d differences", len(report))
@@ -99,14 +138,14 @@ func testDifferential(ctx context.Context, t *testing.T, c *cluster.Cluster, p *
 		return nil
 	})
 	if err != nil {
-		t.Errorf("%v\n%s", err, strings.Join(report, "\n"))
+		t.Errorf("%s: %v\n%s", phase, err, strings.Join(report, "\n"))
 	}
 	if n := pw.NACKs(); len(n) > 0 {
-		t.Errorf("pilot's responses were NACKed: %v", n)
+		t.Errorf("%s: pilot's responses were NACKed: %v", phase, n)
 	}
 	got := pw.Resources()
-	t.Logf("pilot: %d addresses, %d authorizations; Ambit: %d addresses, %d authorizations",
-		len(got.Addresses), len(got.Authorizations), len(want.Addresses), len(want.Authorizations))
+	t.Logf("%s: pilot: %d addresses, %d authorizations; Ambit: %d addresses, %d authorizations",
+		phase, len(got.Addresses), len(got.Authorizations), len(want.Addresses), len(want.Authorizations))
 }
 
 // diffResources compares pilot's (got) and Ambit's (want) resources by xDS

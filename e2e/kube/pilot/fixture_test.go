@@ -2,6 +2,7 @@ package pilot_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -14,10 +15,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
 	"github.com/ambit-mesh/ambit/e2e/kube/pilot"
+	"github.com/ambit-mesh/ambit/istiod/config"
 )
 
 // The fixture: two namespaces, one enrolled in ambient; pods whose status
@@ -517,4 +520,75 @@ func applyFixture(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 		_, err := ic.SecurityV1().PeerAuthentications(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
 		must(fmt.Sprintf("PeerAuthentication %s/%s", p.Namespace, p.Name), err)
 	}
+}
+
+// mutateFixture changes the fixture: a policy and a PeerAuthentication
+// deleted, a pod's capture annotation removed and another's added, a pod
+// deleted and one added, a namespace enrolled, a service port added.
+func mutateFixture(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("mutating the fixture: %s: %v", what, err)
+		}
+	}
+	ic, err := istioclient.NewForConfig(c.Config)
+	must("istio client", err)
+	must("delete AuthorizationPolicy allow-ipblock",
+		ic.SecurityV1().AuthorizationPolicies(nsAmbient).Delete(ctx, "allow-ipblock", metav1.DeleteOptions{}))
+	must("delete PeerAuthentication strict",
+		ic.SecurityV1().PeerAuthentications(nsAmbient).Delete(ctx, "strict", metav1.DeleteOptions{}))
+	pods := c.Client.CoreV1().Pods
+	_, err = pods(nsAmbient).Patch(ctx, "server-1", types.MergePatchType,
+		[]byte(`{"metadata":{"annotations":{"ambient.istio.io/redirection":null}}}`), metav1.PatchOptions{})
+	must("unannotate server-1", err)
+	_, err = pods(nsPlain).Patch(ctx, "legacy-1", types.MergePatchType,
+		[]byte(`{"metadata":{"annotations":{"ambient.istio.io/redirection":"enabled"}}}`), metav1.PatchOptions{})
+	must("annotate legacy-1", err)
+	// Grace period 0: no kubelet confirms a graceful deletion.
+	must("delete pod hostnet", pods(nsPlain).Delete(ctx, "hostnet", metav1.DeleteOptions{GracePeriodSeconds: ptr[int64](0)}))
+	late := fixturePod{ns: nsAmbient, name: "late", sa: "client", node: nodeB, ip: lateIP, ready: true,
+		labels: map[string]string{"app": "client"}}
+	pod, err := pods(nsAmbient).Create(ctx, late.object(), metav1.CreateOptions{})
+	must("pod late", err)
+	pod.Status = late.status()
+	_, err = pods(nsAmbient).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	must("status of pod late", err)
+	_, err = c.Client.CoreV1().Namespaces().Patch(ctx, nsPlain, types.MergePatchType,
+		[]byte(`{"metadata":{"labels":{"istio.io/dataplane-mode":"ambient"}}}`), metav1.PatchOptions{})
+	must("enroll namespace "+nsPlain, err)
+	svc, err := c.Client.CoreV1().Services(nsAmbient).Get(ctx, "client", metav1.GetOptions{})
+	must("get service client", err)
+	svc.Spec.Ports = append(svc.Spec.Ports, tcpPort("http-admin", 7071, intstr.FromString("http"), "http"))
+	_, err = c.Client.CoreV1().Services(nsAmbient).Update(ctx, svc, metav1.UpdateOptions{})
+	must("update service client", err)
+}
+
+const lateIP = "10.244.2.50"
+
+// mutatedReady reports whether a snapshot shows every change of
+// mutateFixture.
+func mutatedReady(s *config.Snapshot) error {
+	switch {
+	case s.AuthorizationPolicies[config.Key(nsAmbient, "allow-ipblock")] != nil:
+		return errors.New("allow-ipblock still there")
+	case s.PeerAuthentications[config.Key(nsAmbient, "strict")] != nil:
+		return errors.New("PeerAuthentication strict still there")
+	case s.Pods[config.Key(nsAmbient, "server-1")] == nil ||
+		s.Pods[config.Key(nsAmbient, "server-1")].Annotations["ambient.istio.io/redirection"] != "":
+		return errors.New("server-1 still annotated")
+	case s.Pods[config.Key(nsPlain, "legacy-1")] == nil ||
+		s.Pods[config.Key(nsPlain, "legacy-1")].Annotations["ambient.istio.io/redirection"] != "enabled":
+		return errors.New("legacy-1 not annotated yet")
+	case s.Pods[config.Key(nsPlain, "hostnet")] != nil:
+		return errors.New("hostnet still there")
+	case s.Pods[config.Key(nsAmbient, "late")] == nil || s.Pods[config.Key(nsAmbient, "late")].Status.PodIP != lateIP:
+		return errors.New("late not seen with its IP")
+	case s.Namespaces[nsPlain] == nil || s.Namespaces[nsPlain].Labels["istio.io/dataplane-mode"] != "ambient":
+		return errors.New(nsPlain + " not enrolled yet")
+	case s.Services[config.Key(nsAmbient, "client")] == nil || len(s.Services[config.Key(nsAmbient, "client")].Spec.Ports) != 2:
+		return errors.New("service client has not 2 ports yet")
+	}
+	return nil
 }

@@ -125,6 +125,13 @@ type result struct {
 	HWM                       int64
 	Errs                      []string
 	LoadAvg                   string // when the server was started
+	// Settle is the wait after the sync until the server was quiet.
+	Settle time.Duration
+	// CPU of the others, for reading the server's figures: the clients
+	// process and the cluster (etcd, kube-apiserver, controller manager)
+	// during the sync and during all the changes.
+	ClientsSyncCPU, ClientsChangeCPU time.Duration
+	ClusterSyncCPU, ClusterChangeCPU time.Duration
 }
 
 // run is the orchestrator: cluster, objects, then each server alone with
@@ -257,6 +264,18 @@ func measure(ctx context.Context, c *cluster.Cluster, cfg config, name, istiodBi
 		return r, err
 	}
 	r.StartCPU = p0.CPU
+	others := func() (clients, clus time.Duration) {
+		if ps, err := readProc(cp.cmd.Process.Pid); err == nil {
+			clients = ps.CPU
+		}
+		for _, pid := range c.PIDs() {
+			if ps, err := readProc(pid); err == nil {
+				clus += ps.CPU
+			}
+		}
+		return clients, clus
+	}
+	cl0, k0 := others()
 	fmt.Fprintf(progress, "cpbench: %s: ready after %s, full state to a client after %s, %.2f CPU-s\n",
 		name, r.StartToReady.Round(time.Millisecond), r.StartToFull.Round(time.Millisecond), p0.CPU.Seconds())
 
@@ -273,9 +292,20 @@ func measure(ctx context.Context, c *cluster.Cluster, cfg config, name, istiodBi
 		return r, err
 	}
 	r.SyncCPU, r.RSSAfterSync = p1.CPU-p0.CPU, p1.RSS
+	cl1, k1 := others()
+	r.ClientsSyncCPU, r.ClusterSyncCPU = cl1-cl0, k1-k0
 	fmt.Fprintf(progress, "cpbench: %s: %d clients synced, p50 %s, max %s, %.2f CPU-s\n", name, cfg.clients,
 		fmtSec(percentile(sync.Sync, 50)), fmtSec(percentile(sync.Sync, 100)), r.SyncCPU.Seconds())
 
+	// Let the server finish what the sync left (pilot, e.g., keeps pushing
+	// for a while after its streams were rate limited), so the first change
+	// does not pay for it.
+	r.Settle = waitQuiet(ctx, s.PID, 30*time.Second)
+	p1, err = readProc(s.PID)
+	if err != nil {
+		return r, err
+	}
+	cl1, k1 = others()
 	for i := range cfg.changes {
 		var ch changeReply
 		if err := cp.call(fmt.Sprintf("change %d", i), &ch); err != nil {
@@ -292,6 +322,8 @@ func measure(ctx context.Context, c *cluster.Cluster, cfg config, name, istiodBi
 		return r, err
 	}
 	r.ChangeCPU, r.HWM = p2.CPU-p1.CPU, p2.HWM
+	cl2, k2 := others()
+	r.ClientsChangeCPU, r.ClusterChangeCPU = cl2-cl1, k2-k1
 	if err := cp.quit(); err != nil {
 		return fail(err)
 	}
@@ -299,6 +331,39 @@ func measure(ctx context.Context, c *cluster.Cluster, cfg config, name, istiodBi
 		return fail(errors.New("the server exited during the run"))
 	}
 	return r, nil
+}
+
+// waitQuiet polls the CPU time of pid every 500 ms until it used less
+// than 10 % of a core in two intervals in a row, or until limit, and returns
+// how long that took.
+func waitQuiet(ctx context.Context, pid int, limit time.Duration) time.Duration {
+	start := time.Now()
+	const every = 500 * time.Millisecond
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	prev, err := readProc(pid)
+	if err != nil {
+		return 0
+	}
+	quiet := 0
+	for time.Since(start) < limit && quiet < 2 {
+		select {
+		case <-ctx.Done():
+			return time.Since(start)
+		case <-tick.C:
+		}
+		cur, err := readProc(pid)
+		if err != nil {
+			break
+		}
+		if cur.CPU-prev.CPU < every/10 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		prev = cur
+	}
+	return time.Since(start)
 }
 
 // allClients is the time until the last client had the change (-1 when

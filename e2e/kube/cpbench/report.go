@@ -114,6 +114,7 @@ var rows = []row{
 		return fmt.Sprint(r.Retries), math.NaN()
 	}},
 	cpuRow("server CPU-s, sync of all clients", func(r result) time.Duration { return r.SyncCPU }),
+	secRow("server busy after sync (settle wait)", func(r result) float64 { return r.Settle.Seconds() }),
 	{"changes delivered to all clients", func(r result) (string, float64) {
 		all, _ := changeFigures(r)
 		return fmt.Sprintf("%d/%d", count(all), len(all)), math.NaN()
@@ -129,6 +130,10 @@ var rows = []row{
 		}
 		return r.ChangeCPU / time.Duration(len(r.Changes))
 	}),
+	cpuRow("(clients process CPU-s, sync)", func(r result) time.Duration { return r.ClientsSyncCPU }),
+	cpuRow("(cluster CPU-s, sync)", func(r result) time.Duration { return r.ClusterSyncCPU }),
+	cpuRow("(clients process CPU-s, all changes)", func(r result) time.Duration { return r.ClientsChangeCPU }),
+	cpuRow("(cluster CPU-s, all changes)", func(r result) time.Duration { return r.ClusterChangeCPU }),
 	{"server RSS after sync", func(r result) (string, float64) { return fmtBytes(r.RSSAfterSync), float64(r.RSSAfterSync) }},
 	{"server peak RSS (VmHWM)", func(r result) (string, float64) { return fmtBytes(r.HWM), float64(r.HWM) }},
 }
@@ -185,7 +190,7 @@ func report(w io.Writer, cfg config, pop populated, rs []result) {
 		fmt.Fprintln(tw, line+"\t")
 	}
 	_ = tw.Flush()
-	fmt.Fprintln(w, "\nsync: stream open to every bench Address at the client; change: start of the API write to the response holding it; CPU-s from /proc/<pid>/stat, RSS from /proc/<pid>/status")
+	fmt.Fprintln(w, "\nsync: stream open to every bench Address at the client; change: start of the API write to the response holding it; CPU-s from /proc/<pid>/stat, RSS from /proc/<pid>/status;\n(clients process) is the M simulated ztunnels and the API writes of the changes; (cluster) is etcd, kube-apiserver and kube-controller-manager (TokenReviews, watches)")
 	for _, r := range rs {
 		for _, e := range r.Errs {
 			fmt.Fprintf(w, "%s: %s\n", r.Server, e)

@@ -17,8 +17,9 @@ import (
 // Sentinels of BuildAuthorization's error.
 var (
 	// ErrNotForZtunnel: the policy is valid but ztunnel does not enforce
-	// it, so no Authorization is sent (AUDIT and CUSTOM actions; dry-run
-	// while Options.DryRunPolicies is off).
+	// it, so no Authorization is sent (CUSTOM; AUDIT while
+	// Options.AuditPolicies is off; dry-run while Options.DryRunPolicies is
+	// off).
 	ErrNotForZtunnel = errors.New("not enforced by ztunnel")
 	// ErrHTTPAttributes: the policy has HTTP attributes ztunnel cannot
 	// check; it is sent without them, more restrictive than written (a
@@ -36,7 +37,9 @@ func AuthorizationName(a *security.Authorization) string { return a.Namespace + 
 //     the authorization_policies of each workload it selects), else
 //     NAMESPACE, or GLOBAL in the root namespace;
 //   - a policy with targetRef(s) binds to a waypoint, not ztunnel: nil, nil;
-//   - action ALLOW or DENY; AUDIT and CUSTOM: nil and ErrNotForZtunnel;
+//   - action ALLOW or DENY; CUSTOM: nil and ErrNotForZtunnel; AUDIT: a
+//     dry-run DENY when Options.AuditPolicies (ztunnel logs its matches and
+//     never enforces it), else nil and ErrNotForZtunnel;
 //   - annotation istio.io/dry-run=true: dry_run set when
 //     Options.DryRunPolicies, else nil and ErrNotForZtunnel;
 //   - each rule becomes a group whose rules are: the alternatives of `to`
@@ -82,6 +85,15 @@ func BuildAuthorization(ap *securityv1.AuthorizationPolicy, opts Options) (*secu
 	case v1beta1.AuthorizationPolicy_DENY:
 		action = security.Action_DENY
 		boilerplate = "DENY policy with HTTP attributes is enforced without the HTTP rules. This will be more restrictive than requested."
+	case v1beta1.AuthorizationPolicy_AUDIT:
+		if !o.AuditPolicies {
+			return nil, fmt.Errorf("%w: AUDIT policies are not sent to ztunnel unless enabled (--audit-policies)", ErrNotForZtunnel)
+		}
+		// Audited as a DENY that never enforces: its rules keep the DENY
+		// treatment of HTTP attributes, so it logs a superset of the
+		// connections it names.
+		action, dryRun = security.Action_DENY, true
+		boilerplate = "AUDIT policy with HTTP attributes is audited without the HTTP rules: it logs more connections than requested."
 	default:
 		return nil, fmt.Errorf("%w: ztunnel does not support the %s action", ErrNotForZtunnel, spec.GetAction())
 	}
@@ -279,5 +291,6 @@ func sentToZtunnel(ap *securityv1.AuthorizationPolicy, o Options) bool {
 		}
 	}
 	a := spec.GetAction()
-	return a == v1beta1.AuthorizationPolicy_ALLOW || a == v1beta1.AuthorizationPolicy_DENY
+	return a == v1beta1.AuthorizationPolicy_ALLOW || a == v1beta1.AuthorizationPolicy_DENY ||
+		a == v1beta1.AuthorizationPolicy_AUDIT && o.AuditPolicies
 }

@@ -10,6 +10,7 @@ import (
 
 	"istio.io/istio/pkg/workloadapi/security"
 
+	"github.com/ambit-mesh/ambit/pkg/spiffe"
 	"github.com/ambit-mesh/ambit/ztunnel/policy"
 )
 
@@ -163,5 +164,48 @@ func TestDryRunEnabled(t *testing.T) {
 	a, err := BuildAuthorization(s.AuthorizationPolicies["ns1/d"], Options{DryRunPolicies: true})
 	if err != nil || a == nil || !a.DryRun {
 		t.Fatalf("got %v, %v; want a dry-run policy", a, err)
+	}
+}
+
+// TestAuditPolicies: with AuditPolicies an AUDIT policy reaches ztunnel as a
+// dry-run DENY that ztunnel reports as an audit and never enforces; it is
+// listed on the workloads it selects.
+func TestAuditPolicies(t *testing.T) {
+	s := snapshot(t, apYAML("ns1", "audit-client", `  action: AUDIT
+  selector:
+    matchLabels: {app: a}
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/ns1/sa/client"]
+`, nil))
+	ap := s.AuthorizationPolicies["ns1/audit-client"]
+	if a, err := BuildAuthorization(ap, Options{}); a != nil || !errors.Is(err, ErrNotForZtunnel) {
+		t.Fatalf("default options: got %v, %v; want nothing sent (Istio's behaviour)", a, err)
+	}
+	a, err := BuildAuthorization(ap, Options{AuditPolicies: true})
+	if err != nil || a == nil {
+		t.Fatalf("AuditPolicies: got %v, %v", a, err)
+	}
+	if !a.DryRun || a.Action != security.Action_DENY || a.Scope != security.Scope_WORKLOAD_SELECTOR {
+		t.Fatalf("audit policy %v: want a dry-run DENY with workload-selector scope", a)
+	}
+	client, _ := spiffe.Parse("spiffe://cluster.local/ns/ns1/sa/client")
+	other, _ := spiffe.Parse("spiffe://cluster.local/ns/ns1/sa/other")
+	for _, c := range []struct {
+		peer      spiffe.ID
+		wantAudit bool
+	}{{client, true}, {other, false}} {
+		r := policy.Evaluate([]*security.Authorization{a}, policy.Conn{SourceIdentity: &c.peer,
+			SourceIP: netip.MustParseAddr("10.0.0.1"), DestIP: netip.MustParseAddr("10.0.0.2"), DestPort: 80})
+		if !r.Allow {
+			t.Errorf("peer %s: an AUDIT policy denied the connection: %s", c.peer, r.Reason)
+		}
+		if got := len(r.Audits) > 0; got != c.wantAudit {
+			t.Errorf("peer %s: audited %v, want %v", c.peer, got, c.wantAudit)
+		}
+	}
+	if !sentToZtunnel(ap, Options{AuditPolicies: true}) || sentToZtunnel(ap, Options{}) {
+		t.Error("sentToZtunnel disagrees with BuildAuthorization")
 	}
 }

@@ -42,6 +42,12 @@ type Options struct {
 	// AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY, default off: such a
 	// policy is then not sent at all).
 	DryRunPolicies bool
+	// AuditPolicies sends AuthorizationPolicies with action AUDIT to
+	// ztunnel as dry-run DENY policies, so ztunnel logs the connections they
+	// match without changing any decision. Istio sends no AUDIT policy to
+	// ztunnel (the zero value, kept for comparisons with pilot-discovery);
+	// Ambit's istiod turns it on (--audit-policies).
+	AuditPolicies bool
 }
 
 // Defaults of Options.

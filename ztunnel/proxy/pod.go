@@ -520,7 +520,7 @@ func (p *PodProxy) serveInbound(cl *connLog, ic InboundConn, c net.Conn, s *hbon
 		return
 	}
 	if len(in.Audits) > 0 {
-		p.log.Info("dry-run policies matched", "src", cl.src, "dst", cl.dst, "policies", in.Audits)
+		p.log.Info("audit: policies matched (AUDIT or dry-run; not enforced)", "src", cl.src, "dst", cl.dst, "src_identity", idString(cl.srcID), "policies", in.Audits)
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
 	upstream, err := p.d.DialContext(ctx, "tcp", in.Target.String())

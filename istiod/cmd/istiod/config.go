@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +39,7 @@ const (
 	FlagKubeconfig     = "kubeconfig"
 	FlagConfigDir      = "config-dir"
 	FlagTunnel         = "tunnel"
+	FlagAuditPolicies  = "audit-policies"
 	FlagZtunnelSA      = "ztunnel-sa"
 	FlagTokenAudiences = "token-audiences"
 	FlagReadinessAddr  = "readiness-addr"
@@ -112,6 +114,9 @@ type Config struct {
 	ConfigDir string
 	// Tunnel is the rule that makes a workload HBONE.
 	Tunnel ambient.TunnelMode
+	// AuditPolicies sends AUDIT AuthorizationPolicies to ztunnel as
+	// dry-run policies whose matches it logs (Istio sends none).
+	AuditPolicies bool
 	// ZtunnelSA is "namespace/name" of ztunnel's service account (node
 	// authorization); TokenAudiences the audiences accepted by TokenReview
 	// (kubeauth.AudienceAPIServer for the API server's own).
@@ -155,6 +160,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		kubeconfig    = str(FlagKubeconfig, "", "kubeconfig file of the cluster to watch; empty in a pod: its service account")
 		configDir     = str(FlagConfigDir, "", "directory of YAML config objects watched with --"+FlagConfigSource+" "+SourceDir)
 		tunnel        = str(FlagTunnel, TunnelAnnotation, "when a workload gets HBONE: "+TunnelAnnotation+" (pod annotation ambient.istio.io/redirection=enabled, Istio's rule) or "+TunnelEnrollment+" (the enrollment labels)")
+		audit         = str(FlagAuditPolicies, "true", "send AUDIT AuthorizationPolicies to ztunnel, which logs the connections they match (true or false; Istio sends none)")
 		ztunnelSA     = str(FlagZtunnelSA, kubeauth.DefaultZtunnelServiceAccount, "namespace/name of ztunnel's service account, which may request the identities of the pods on its node")
 		audiences     = str(FlagTokenAudiences, strings.Join(kubeauth.DefaultAudiences, ","), "comma-separated audiences a caller's token may be for ("+kubeauth.AudienceAPIServer+": the API server's own)")
 		readinessAddr = str(FlagReadinessAddr, DefaultReadinessAddr, "listen address of "+ReadyPath+" (200 once the first config is pushed)")
@@ -207,6 +213,11 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		cfg.Tunnel = ambient.TunnelByEnrollment
 	default:
 		bad(FlagTunnel, "%q is not %s or %s", *tunnel, TunnelAnnotation, TunnelEnrollment)
+	}
+	if b, err := strconv.ParseBool(*audit); err != nil {
+		bad(FlagAuditPolicies, "%q is not true or false", *audit)
+	} else {
+		cfg.AuditPolicies = b
 	}
 	if _, _, err := kubeauth.ParseServiceAccount(cfg.ZtunnelSA); err != nil {
 		bad(FlagZtunnelSA, "%v", err)

@@ -139,7 +139,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 				errc <- fmt.Errorf("config source %s: %w", cfg.ConfigSource, err)
 			}
 		}()
-		opts := ambient.Options{TrustDomain: cfg.TrustDomain, Tunnel: cfg.Tunnel}
+		opts := ambient.Options{TrustDomain: cfg.TrustDomain, Tunnel: cfg.Tunnel, AuditPolicies: cfg.AuditPolicies}
 		go func() {
 			defer wg.Done()
 			pushLoop(ctx, src, opts, xdsSrv, log, func() { isReady.Store(true) })

@@ -42,14 +42,20 @@
 //     First one probe client waits for the whole state (the server's start
 //     to full state); then the M clients connect at once and each one's
 //     sync time runs from its first stream open to holding all N+S of the
-//     bench's Address resources. Then C changes are written through the API
+//     bench's Address resources. The run then waits (at most 30 s) until the
+//     server uses under 10 % of a core for a second, so the first change
+//     does not pay for work the sync left (pilot keeps pushing for a few
+//     seconds after rate-limiting streams). Then C changes are written through the API
 //     server, in turn: a pod's version label (its Workload's canonical
 //     revision changes), an AuthorizationPolicy created, updated and
 //     deleted (the removal must arrive); for each, the time from the start
 //     of the write to each client's response holding the resource.
 //  5. Reads the server's CPU time (/proc/<pid>/stat) before and after the
 //     sync and the changes, its RSS after sync and its peak RSS (VmHWM),
-//     and prints a table of both servers with the ratio pilot/ambit.
+//     and prints a table of both servers with the ratio pilot/ambit (above 1:
+//     Ambit is lower). For reading the server's figures on shared cores, the
+//     CPU of the clients process and of the cluster during each phase is
+//     printed too (in parentheses).
 //
 // Every wait has a deadline (-sync-timeout, -change-timeout,
 // -settle-timeout, -timeout); figures a server missed print as n/a and the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"sync"
 
 	"github.com/ambit-mesh/ambit/ctl/local/topology"
 	"github.com/ambit-mesh/ambit/pkg/localcluster"
@@ -28,7 +29,11 @@ func (e *Engine) openSession() (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &session{e: e, topo: t, procs: procs, reaped: map[int]<-chan struct{}{}}, nil
+	red, err := loadRedirection(e.Paths)
+	if err != nil {
+		return nil, err
+	}
+	return &session{e: e, topo: t, procs: procs, reaped: map[int]<-chan struct{}{}, redirected: red}, nil
 }
 
 // Merge returns cur with the fragment's objects added or replaced (by
@@ -131,8 +136,8 @@ func Remove(cur, frag *topology.Topology) (*topology.Topology, error) {
 	}
 	m.Policies = m.Policies[:0]
 	for _, pol := range cur.Policies {
-		p, _ := decodePolicy(pol)
-		if !gone["pol/"+PolicyKey(pol)] && (p == nil || !gone["ns/"+p.Metadata.Namespace]) {
+		p, err := decodePolicyMeta(pol)
+		if !gone["pol/"+PolicyKey(pol)] && (err != nil || !gone["ns/"+p.Metadata.Namespace]) {
 			m.Policies = append(m.Policies, pol)
 		}
 	}
@@ -196,8 +201,8 @@ func (e *Engine) change(ctx context.Context, fragFile, verb string, op func(cur,
 	if err != nil {
 		return err
 	}
-	if _, err := ZtunnelConfig(next, cs); err != nil {
-		return fmt.Errorf("%s: nothing applied: %w", fragFile, err)
+	if err := CheckConfig(next, cs); err != nil {
+		return fmt.Errorf("%s: nothing applied:\n%w", fragFile, err)
 	}
 	for _, p := range next.Pods {
 		if len(p.Run) > 0 {
@@ -245,6 +250,7 @@ func (e *Engine) change(ctx context.Context, fragFile, verb string, op func(cur,
 		}
 	}
 	// Then labels, services and policies: write the new topology and state.
+	prevTopo := s.topo
 	s.topo = next
 	if err := s.writeTopology(); err != nil {
 		return err
@@ -252,8 +258,7 @@ func (e *Engine) change(ctx context.Context, fragFile, verb string, op func(cur,
 	if cs, err = s.loadState(); err != nil {
 		return err
 	}
-	syncLabels(cs, next)
-	if err := s.writeState(cs); err != nil {
+	if err := s.relabel(ctx, prevTopo, cs); err != nil {
 		return err
 	}
 	var errs []error
@@ -270,6 +275,122 @@ func (e *Engine) change(ctx context.Context, fragFile, verb string, op func(cur,
 		return err
 	}
 	e.progress("%s %s: %d pods added, %d removed; %d pods, %d services, %d policies now", verb, fragFile, len(add), len(remove), len(next.Pods), len(next.Services), len(next.Policies))
+	return nil
+}
+
+// relabel applies the new topology's labels, services and policies to the
+// running pods of cs, keeping the redirection marks fail closed: a pod
+// whose enrollment changes is advertised as HBONE from before its capture
+// is set up until after it is taken down, never as plaintext while
+// captured. In order: pods becoming enrolled are marked; istiod's config
+// is written and every ztunnel synced; the cluster state (which the
+// agents reconcile capture from) is written; the agents are asked until
+// the enrolled pods are captured and the others released; the released
+// pods' marks are dropped and the ztunnels synced again. A pod that does
+// not converge is an error and keeps its mark (traffic to it fails rather
+// than leaving in plaintext).
+func (s *session) relabel(ctx context.Context, prev *topology.Topology, cs *localcluster.State) error {
+	var enrolling, leaving []localcluster.Pod
+	for _, cp := range cs.Pods {
+		if len(cp.IPs) == 0 {
+			continue
+		}
+		var was, now bool
+		for _, p := range prev.Pods {
+			if p.Key() == cp.Key() {
+				was = prev.Enrolled(p)
+			}
+		}
+		for _, p := range s.topo.Pods {
+			if p.Key() == cp.Key() {
+				now = s.topo.Enrolled(p)
+			}
+		}
+		switch {
+		case now && !was:
+			enrolling = append(enrolling, cp)
+			s.redirected[cp.UID] = true
+		case was && !now:
+			leaving = append(leaving, cp)
+		}
+	}
+	if err := s.writeConfig(cs); err != nil {
+		return err
+	}
+	if err := s.syncZtunnels(ctx); err != nil {
+		return err
+	}
+	syncLabels(cs, s.topo)
+	if err := s.writeCluster(cs); err != nil {
+		return err
+	}
+	if len(enrolling)+len(leaving) == 0 {
+		return nil
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(enrolling)+len(leaving))
+	for i, cp := range append(enrolling, leaving...) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.waitCapture(ctx, cp, i < len(enrolling))
+		}()
+	}
+	wg.Wait()
+	for i, cp := range leaving {
+		if errs[len(enrolling)+i] == nil {
+			delete(s.redirected, cp.UID)
+		}
+	}
+	if len(leaving) > 0 {
+		if err := s.writeConfig(cs); err != nil {
+			return err
+		}
+		if err := s.syncZtunnels(ctx); err != nil {
+			return err
+		}
+	}
+	for _, cp := range enrolling {
+		s.e.progress("pod %s enrolled, captured", cp.Key())
+	}
+	for i, cp := range leaving {
+		if errs[len(enrolling)+i] == nil {
+			s.e.progress("pod %s not enrolled, released", cp.Key())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// waitCapture waits until the node's agent reports the pod captured and
+// its ztunnel serves it (captured true), or the pod not enrolled and gone
+// from its ztunnel (the agent removes the rules before it tells ztunnel).
+func (s *session) waitCapture(ctx context.Context, cp localcluster.Pod, captured bool) error {
+	err := s.wait(ctx, "cni-agent-"+cp.Node, func(ctx context.Context) error {
+		r, err := checkPod(ctx, s.e.Paths, cp)
+		if err != nil {
+			return err
+		}
+		if captured && !(r.Enrolled && r.CaptureInPlace) {
+			return fmt.Errorf("not captured yet (%s)", r.Reason)
+		}
+		if !captured && r.Enrolled {
+			return errors.New("still enrolled")
+		}
+		has, err := ztunnelHasPod(ctx, cp.Node, cp.UID)
+		if err != nil {
+			return err
+		}
+		if has != captured {
+			return fmt.Errorf("ztunnel-%s serves it: %v", cp.Node, has)
+		}
+		return nil
+	})
+	if err != nil {
+		if captured {
+			return fmt.Errorf("pod %s: enrolled, but its capture did not come up (istiod keeps advertising it as HBONE: connections to it fail rather than go in plaintext): %w", cp.Key(), err)
+		}
+		return fmt.Errorf("pod %s: no longer enrolled, but its capture was not taken down (istiod keeps advertising it as HBONE): %w", cp.Key(), err)
+	}
 	return nil
 }
 

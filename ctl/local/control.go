@@ -51,7 +51,8 @@ func (e *Engine) Stop(ctx context.Context, name string) error {
 // Start starts again a process of the running mesh that is not running
 // (stopped with Stop, or exited): the recorded command, environment and
 // network namespace, output appended to its log. It returns once the
-// process is ready (for a pod: alive), within ReadyTimeout. Starting a
+// process is ready (for a pod: alive; for istiod: every ztunnel re-synced
+// with it), within ReadyTimeout. Starting a
 // running process does nothing.
 func (e *Engine) Start(ctx context.Context, name string) error {
 	if err := RequirePrivileges(); err != nil {
@@ -90,6 +91,18 @@ func (e *Engine) Start(ctx context.Context, name string) error {
 	s := &session{e: e, procs: procs, reaped: map[int]<-chan struct{}{p.PID: reaped}}
 	if err := s.wait(ctx, name, e.readyCheck(p)); err != nil {
 		return err
+	}
+	if p.Kind == KindIstiod {
+		// Ready means istiod pushed its first config; wait until every
+		// ztunnel re-synced over its new xDS stream.
+		sess, err := e.openSession()
+		if err != nil {
+			return err
+		}
+		sess.reaped = s.reaped
+		if err := sess.syncZtunnels(ctx); err != nil {
+			return fmt.Errorf("istiod started, but the ztunnels did not re-sync: %w", err)
+		}
 	}
 	e.progress("started %s (pid %d), ready", name, p.PID)
 	return nil

@@ -1,9 +1,11 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/ctl/local/topology"
+	"github.com/ambit-mesh/ambit/istiod/config"
 	"github.com/ambit-mesh/ambit/pkg/localcluster"
 	"github.com/ambit-mesh/ambit/pkg/netns"
 )
@@ -149,6 +152,9 @@ type session struct {
 	topo   *topology.Topology
 	procs  *procTable
 	reaped map[int]<-chan struct{}
+	// redirected holds the uids of the pods marked captured (annotation
+	// ambient.istio.io/redirection); persisted in Paths.Redirection.
+	redirected map[string]bool
 }
 
 func newUID() string {
@@ -181,7 +187,7 @@ func (e *Engine) Up(ctx context.Context, topoFile string) error {
 	if err := checkNames(t); err != nil {
 		return err
 	}
-	if _, err := convertPolicies(t); err != nil {
+	if err := CheckConfig(t, &localcluster.State{}); err != nil {
 		return err
 	}
 	bins := map[string]string{}
@@ -205,7 +211,7 @@ func (e *Engine) Up(ctx context.Context, topoFile string) error {
 		return err
 	}
 	defer unlock()
-	s := &session{e: e, topo: t, procs: &procTable{}, reaped: map[int]<-chan struct{}{}}
+	s := &session{e: e, topo: t, procs: &procTable{}, reaped: map[int]<-chan struct{}{}, redirected: map[string]bool{}}
 	if err := s.up(ctx, bins); err != nil {
 		return fmt.Errorf("%w\nthe mesh is left as it is for inspection: `ambitctl local status`, logs in %s; `ambitctl local down` removes it", err, e.Paths.Logs())
 	}
@@ -214,7 +220,7 @@ func (e *Engine) Up(ctx context.Context, topoFile string) error {
 
 func (s *session) up(ctx context.Context, bins map[string]string) error {
 	e, t, p := s.e, s.topo, s.e.Paths
-	for _, d := range []string{p.Dir, p.Logs(), p.IstiodDir(), p.CNIBin()} {
+	for _, d := range []string{p.Dir, p.Logs(), p.IstiodDir(), p.CNIBin(), p.ConfigDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
@@ -260,10 +266,12 @@ func (s *session) up(ctx context.Context, bins map[string]string) error {
 		}
 	}
 
-	e.progress("starting istiod on %s", IstiodAddr())
+	e.progress("starting istiod on %s (config from %s)", IstiodAddr(), p.ConfigDir())
 	if err := s.start(Proc{Name: "istiod", Kind: KindIstiod}, BackboneNetns, bins[BinIstiod], []string{
 		"--state-dir", p.IstiodDir(), "--token-file", p.Tokens(), "--grpc-addr", IstiodAddr(),
 		"--root-cert-out", p.RootCert(), "--serving-ip", BackboneIP.String(), "--trust-domain", t.TrustDomain,
+		"--config-source", "dir", "--config-dir", p.ConfigDir(), "--tunnel", "annotation",
+		"--readiness-addr", IstiodReadinessAddr(),
 	}, nil); err != nil {
 		return err
 	}
@@ -286,7 +294,7 @@ func (s *session) up(ctx context.Context, bins map[string]string) error {
 		}
 		if err := s.start(Proc{Name: "ztunnel-" + n.Name, Kind: KindZtunnel, Node: n.Name}, NodeNetns(n.Name), bins[BinZtunnel], []string{
 			"--node", n.Name, "--zds-socket", p.ZDSSocket(n.Name), "--ca-addr", IstiodAddr(),
-			"--ca-root", p.RootCert(), "--token-file", p.NodeToken(n.Name), "--local-config", p.ZtunnelConfig(),
+			"--ca-root", p.RootCert(), "--token-file", p.NodeToken(n.Name),
 			"--trust-domain", t.TrustDomain,
 		}, nil); err != nil {
 			return err
@@ -338,18 +346,80 @@ func (s *session) writeTopology() error {
 	return writeFileAtomic(s.e.Paths.Topology(), b, 0o644)
 }
 
-// writeState writes the cluster state (next generation) and the ztunnel
-// config derived from it and the session's topology.
+// writeState writes istiod's config dir, then the cluster state (next
+// generation) the agents watch.
 func (s *session) writeState(cs *localcluster.State) error {
-	zc, err := ZtunnelConfig(s.topo, cs)
-	if err != nil {
+	if err := s.writeConfig(cs); err != nil {
 		return err
 	}
+	return s.writeCluster(cs)
+}
+
+// writeCluster writes the cluster state (next generation).
+func (s *session) writeCluster(cs *localcluster.State) error {
 	cs.Generation++
 	if err := localcluster.Write(s.e.Paths.Cluster(), cs); err != nil {
 		return fmt.Errorf("writing cluster state: %w", err)
 	}
-	return writeFileAtomic(s.e.Paths.ZtunnelConfig(), zc, 0o644)
+	return nil
+}
+
+// writeConfig persists the redirection marks (of the pods cs still has)
+// and rewrites the files of istiod's config dir that changed, each
+// atomically.
+func (s *session) writeConfig(cs *localcluster.State) error {
+	marks := map[string]bool{}
+	for _, p := range cs.Pods {
+		if s.redirected[p.UID] {
+			marks[p.UID] = true
+		}
+	}
+	s.redirected = marks
+	b, err := json.MarshalIndent(struct {
+		Redirected []string `json:"redirected"`
+	}{config.SortedKeys(marks)}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(s.e.Paths.Redirection(), append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	files, err := ConfigFiles(s.topo, cs, marks)
+	if err != nil {
+		return err
+	}
+	for _, name := range ConfigFileNames {
+		path := filepath.Join(s.e.Paths.ConfigDir(), name)
+		if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, files[name]) {
+			continue
+		}
+		if err := writeFileAtomic(path, files[name], 0o644); err != nil {
+			return fmt.Errorf("writing istiod's config: %w", err)
+		}
+	}
+	return nil
+}
+
+// loadRedirection reads the redirection marks; a missing file is none.
+func loadRedirection(p Paths) (map[string]bool, error) {
+	b, err := os.ReadFile(p.Redirection())
+	if os.IsNotExist(err) {
+		return map[string]bool{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Redirected []string `json:"redirected"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", p.Redirection(), err)
+	}
+	m := map[string]bool{}
+	for _, uid := range doc.Redirected {
+		m[uid] = true
+	}
+	return m, nil
 }
 
 func (s *session) loadState() (*localcluster.State, error) {
@@ -432,20 +502,20 @@ func (s *session) wait(ctx context.Context, name string, check func(context.Cont
 	}
 }
 
+// istiodReady: the root certificate is written and /ready answers 200
+// (istiod pushed its first config).
 func istiodReady(ctx context.Context, p Paths) error {
 	if _, err := os.Stat(p.RootCert()); err != nil {
 		return fmt.Errorf("no root certificate yet: %w", err)
 	}
-	ns, err := netns.OpenName(BackboneNetns)
+	code, body, err := httpGetIn(ctx, BackboneNetns, "http://"+IstiodReadinessAddr()+"/ready")
 	if err != nil {
 		return err
 	}
-	defer ns.Close()
-	c, err := netns.DialIn(ctx, ns, "tcp", IstiodAddr())
-	if err != nil {
-		return err
+	if code != http.StatusOK {
+		return fmt.Errorf("/ready: %d %s", code, strings.TrimSpace(string(body)))
 	}
-	return c.Close()
+	return nil
 }
 
 func agentReady(ctx context.Context, p Paths, node string) error {
@@ -491,8 +561,9 @@ func ztunnelReady(ctx context.Context, node string) error {
 	return nil
 }
 
-// ztunnelHas reports whether the node's ztunnel config dump holds uid.
-func ztunnelHas(ctx context.Context, node, uid string, want bool) error {
+// ztunnelSynced reports whether the node's ztunnel holds want (see
+// expectedState), naming the differences when not.
+func ztunnelSynced(ctx context.Context, node string, want expectedState) error {
 	code, body, err := httpGetIn(ctx, NodeNetns(node), fmt.Sprintf("http://127.0.0.1:%d/config_dump", ZtunnelAdminPort))
 	if err != nil {
 		return err
@@ -500,27 +571,67 @@ func ztunnelHas(ctx context.Context, node, uid string, want bool) error {
 	if code != http.StatusOK {
 		return fmt.Errorf("config_dump: status %d", code)
 	}
-	if has := strings.Contains(string(body), `"`+uid+`"`); has != want {
-		if want {
-			return fmt.Errorf("ztunnel on %s does not have workload %s yet", node, uid)
-		}
-		return fmt.Errorf("ztunnel on %s still has workload %s", node, uid)
+	got, err := dumpState(body)
+	if err != nil {
+		return err
+	}
+	if d := want.diff(got); d != "" {
+		return fmt.Errorf("ztunnel on %s is not in sync with istiod's config yet: %s", node, d)
 	}
 	return nil
 }
 
-// syncZtunnels waits until every ztunnel has (or, with want false, has
-// dropped) the workload uid.
-func (s *session) syncZtunnels(ctx context.Context, uid string, want bool) error {
+// syncZtunnels waits until every ztunnel holds, through istiod and xDS,
+// what the config dir now says (the workloads with their addresses and
+// tunnel, services and policies, as istiod's builder derives them).
+func (s *session) syncZtunnels(ctx context.Context) error {
+	files := map[string][]byte{}
+	for _, name := range ConfigFileNames {
+		b, err := os.ReadFile(filepath.Join(s.e.Paths.ConfigDir(), name))
+		if err != nil {
+			return err
+		}
+		files[name] = b
+	}
+	want, err := expected(s.topo, files)
+	if err != nil {
+		return fmt.Errorf("reading back istiod's config: %w", err)
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(s.topo.Nodes))
 	for i, n := range s.topo.Nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = s.wait(ctx, "ztunnel-"+n.Name, func(ctx context.Context) error { return ztunnelHas(ctx, n.Name, uid, want) })
+			errs[i] = s.wait(ctx, "ztunnel-"+n.Name, func(ctx context.Context) error { return ztunnelSynced(ctx, n.Name, want) })
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// ztunnelHasPod reports whether the node's ztunnel serves the pod (ZDS):
+// its config dump lists the pod uid.
+func ztunnelHasPod(ctx context.Context, node, uid string) (bool, error) {
+	code, body, err := httpGetIn(ctx, NodeNetns(node), fmt.Sprintf("http://127.0.0.1:%d/config_dump", ZtunnelAdminPort))
+	if err != nil {
+		return false, err
+	}
+	if code != http.StatusOK {
+		return false, fmt.Errorf("config_dump: status %d", code)
+	}
+	var d struct {
+		Pods []struct {
+			UID string `json:"uid"`
+		} `json:"pods"`
+	}
+	if err := json.Unmarshal(body, &d); err != nil {
+		return false, fmt.Errorf("decoding config_dump: %w", err)
+	}
+	for _, p := range d.Pods {
+		if p.UID == uid {
+			return true, nil
+		}
+	}
+	return false, nil
 }

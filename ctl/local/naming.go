@@ -34,6 +34,7 @@ var (
 // Ports of the local mesh's processes.
 const (
 	IstiodPort       = 15012
+	IstiodReadyPort  = 8080
 	ZtunnelAdminPort = 15000
 	ZtunnelReadyPort = 15021
 	ZtunnelStatsPort = 15020
@@ -49,6 +50,9 @@ const (
 
 // IstiodAddr is istiod's gRPC address on the backbone.
 func IstiodAddr() string { return netip.AddrPortFrom(BackboneIP, IstiodPort).String() }
+
+// IstiodReadinessAddr is where istiod answers /ready on the backbone.
+func IstiodReadinessAddr() string { return netip.AddrPortFrom(BackboneIP, IstiodReadyPort).String() }
 
 // NodeNetns is the network namespace of a node.
 func NodeNetns(node string) string { return NetnsPrefix + "node-" + node }
@@ -97,12 +101,4 @@ func checkNames(t *topology.Topology) error {
 		seen[n] = p.Key()
 	}
 	return nil
-}
-
-func parseAddr(s string) (netip.Addr, error) {
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
-	}
-	return a, nil
 }

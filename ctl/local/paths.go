@@ -20,8 +20,14 @@ func (p Paths) Topology() string { return p.join("topology.yaml") }
 // Cluster is the cluster state file (pkg/localcluster) the agents watch.
 func (p Paths) Cluster() string { return p.join("cluster.json") }
 
-// ZtunnelConfig is ztunnel's --local-config.
-func (p Paths) ZtunnelConfig() string { return p.join("ztunnel-config.yaml") }
+// ConfigDir is istiod's --config-dir: the cluster as Kubernetes objects
+// (ConfigFiles), one file per kind.
+func (p Paths) ConfigDir() string { return p.join("config") }
+
+// Redirection records the uids of the pods ambitctl marked as captured
+// (annotation ambient.istio.io/redirection), as the node agent does in
+// Kubernetes.
+func (p Paths) Redirection() string { return p.join("redirection.json") }
 
 // IstiodDir keeps istiod's CA state.
 func (p Paths) IstiodDir() string { return p.join("istiod") }

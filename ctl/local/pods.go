@@ -16,6 +16,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/ctl/local/topology"
+	"github.com/ambit-mesh/ambit/pkg/enrollment"
 	"github.com/ambit-mesh/ambit/pkg/localcluster"
 	"github.com/ambit-mesh/ambit/pkg/netns"
 )
@@ -43,9 +44,10 @@ func (s *session) cniConfig(node string) (cfg *libcni.CNIConfig, logPath string,
 }
 
 // addPod runs a pod's lifecycle as a container runtime would: record it,
-// create its netns, run the CNI chain in the node's netns, record its IPs,
-// regenerate the ztunnel config, wait for every ztunnel to know it, then
-// start its command.
+// create its netns, run the CNI chain in the node's netns, ask the node's
+// agent whether it is captured (the redirection mark), record its IPs and
+// the mark in the cluster state and istiod's config, wait for every
+// ztunnel to hold it (through istiod and xDS), then start its command.
 func (s *session) addPod(ctx context.Context, pod topology.Pod) error {
 	p := s.e.Paths
 	cs, err := s.loadState()
@@ -98,13 +100,18 @@ func (s *session) addPod(ctx context.Context, pod topology.Pod) error {
 			cs.Pods[i].IPs = ips
 		}
 	}
+	// The pod reaches istiod only now, with its capture state: it is
+	// never advertised before the agent answered.
+	enrolled, captured := podCapture(ctx, p, cp)
+	if captured {
+		s.redirected[cp.UID] = true
+	}
 	if err := s.writeState(cs); err != nil {
 		return err
 	}
-	if err := s.syncZtunnels(ctx, cp.UID, true); err != nil {
+	if err := s.syncZtunnels(ctx); err != nil {
 		return err
 	}
-	enrolled, captured := podCapture(ctx, p, cp)
 	line := fmt.Sprintf("pod %s %s", pod.Key(), joinIPs(ips))
 	switch {
 	case enrolled && captured:
@@ -195,6 +202,9 @@ func (s *session) delPod(ctx context.Context, key string) error {
 	if err := s.writeState(cs); err != nil {
 		return err
 	}
+	if err := s.syncZtunnels(ctx); err != nil {
+		return err
+	}
 	s.e.progress("pod %s deleted", key)
 	return nil
 }
@@ -226,20 +236,39 @@ func joinIPs(ips []netip.Addr) string {
 	return strings.Join(s, ",")
 }
 
-// podCapture asks the node's cni-agent whether the pod is enrolled and its
-// capture in place.
+// podCapture asks the node's cni-agent, after a successful CNI ADD,
+// whether the pod is enrolled and its capture in place. When the agent does
+// not answer, the CNI ADD's success decides: the agent answers Enroll only
+// once an enrolled pod is captured (agentapi's contract), so an enrolled
+// pod is then reported captured rather than advertised as plaintext.
 func podCapture(ctx context.Context, p Paths, cp localcluster.Pod) (enrolled, captured bool) {
+	r, err := checkPod(ctx, p, cp)
+	if err != nil {
+		e := enrollment.Decide(cp.Labels, nsLabels(p, cp.Namespace)).Enrolled
+		return e, e
+	}
+	return r.Enrolled, r.Enrolled && r.CaptureInPlace
+}
+
+// nsLabels returns the labels of a namespace in the cluster state.
+func nsLabels(p Paths, name string) map[string]string {
+	cs, err := localcluster.Load(p.Cluster())
+	if err != nil {
+		return nil
+	}
+	ns, _ := cs.Namespace(name)
+	return ns.Labels
+}
+
+// checkPod asks the node's cni-agent about a pod (agentapi Check).
+func checkPod(ctx context.Context, p Paths, cp localcluster.Pod) (agentapi.CheckResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	c := agentapi.NewClient(p.AgentSocket(cp.Node))
 	defer c.CloseIdleConnections()
-	r, err := c.Check(ctx, agentapi.CheckRequest{PodRef: agentapi.PodRef{
+	return c.Check(ctx, agentapi.CheckRequest{PodRef: agentapi.PodRef{
 		Namespace: cp.Namespace, Name: cp.Name, UID: cp.UID, ContainerID: cp.UID, Netns: cp.Netns, IfName: PodIfName,
 	}})
-	if err != nil {
-		return false, false
-	}
-	return r.Enrolled, r.Enrolled && r.CaptureInPlace
 }
 
 // Down stops every process, runs CNI DEL for the pods (best effort),
@@ -337,7 +366,7 @@ func (e *Engine) down(ctx context.Context, quiet bool) error {
 // stateEntries are the names a state dir may hold; removeStateDir refuses
 // to remove a directory holding anything else (a mistyped --state-dir).
 var stateEntries = map[string]bool{
-	"topology.yaml": true, "cluster.json": true, "ztunnel-config.yaml": true, "istiod": true,
+	"topology.yaml": true, "cluster.json": true, "config": true, "redirection.json": true, "istiod": true,
 	"root-cert.pem": true, "tokens.yaml": true, "nodes": true, "cni": true, "logs": true, "procs.json": true,
 }
 

@@ -429,10 +429,11 @@ func TestUpRejectsInvalidTopology(t *testing.T) {
 nodes: [{name: a}]
 namespaces: [{name: demo}]
 policies:
-  - {kind: AuthorizationPolicy, metadata: {name: l7, namespace: demo}, spec: {rules: [{to: [{operation: {paths: ["/x"]}}]}]}}
+  - {apiVersion: security.istio.io/v1, kind: AuthorizationPolicy, metadata: {name: l7, namespace: demo}, spec: {rules: [{to: [{operation: {paths: ["/x"]}}]}]}}
 `), 0o644)
 	out, err := m.run("up", "-f", bad)
-	if err == nil || !strings.Contains(out, "AuthorizationPolicy demo/l7") || !strings.Contains(out, "paths is not supported") {
+	// istiod's builder names the policy and the HTTP attribute ztunnel cannot enforce.
+	if err == nil || !strings.Contains(out, "AuthorizationPolicy demo/l7") || !strings.Contains(out, "HTTP attributes not enforced by ztunnel (found: paths)") {
 		t.Fatalf("up with an L7 policy: err %v, output:\n%s", err, out)
 	}
 	if left := ambitlNetns(t); len(left) > 0 {

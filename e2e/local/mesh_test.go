@@ -2,6 +2,7 @@ package local
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -350,6 +351,65 @@ pods:
 		}
 	})
 
+	t.Run("istiod restart", func(t *testing.T) {
+		m := m.in(t)
+		t.Cleanup(func() { m.must("start", "istiod") })
+		before := map[string]string{}
+		for _, node := range []string{"node-a", "node-b"} {
+			before[node] = ztunnelWorkloads(t, node)
+		}
+		m.must("stop", "istiod")
+		if s := m.status(); !stopped(s, "istiod") {
+			t.Errorf("status does not show istiod stopped: %+v", s.Processes)
+		}
+		// The ztunnels keep their last state and traffic keeps flowing
+		// (certificates are cached; xDS streams retry in the background).
+		m.mustCall(t, converge, "demo/client", "http", addr("server-b", 8080), newMarker("noistiod"), 2)
+		m.mustCall(t, converge, "demo/client", "tcp", addr("server-a", 9000), newMarker("noistiod"), 1)
+		for node, was := range before {
+			if now := ztunnelWorkloads(t, node); now != was {
+				t.Errorf("ztunnel-%s changed its workloads with istiod stopped:\n%s\n->\n%s", node, was, now)
+			}
+		}
+
+		out := m.must("start", "istiod")
+		if !strings.Contains(out, "started istiod") {
+			t.Errorf("start output: %s", out)
+		}
+		m.mustCall(t, converge, "demo/client", "http", addr("server-b", 8080), newMarker("istiod-back"), 2)
+		// A change made after the restart reaches every ztunnel through the
+		// new xDS streams: a DENY policy, then its removal.
+		deny := writeFile(t, "deny.yaml", `
+policies:
+  - apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: deny-client-9000, namespace: demo}
+    spec:
+      selector: {matchLabels: {app: echo-b}}
+      action: DENY
+      rules:
+        - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
+          to: [{operation: {ports: ["9000"]}}]
+`)
+		m.must("apply", "-f", deny)
+		deleted := false
+		t.Cleanup(func() {
+			if !deleted {
+				m.must("delete", "-f", deny)
+			}
+		})
+		eventually(t, "DENY applied after the istiod restart", converge, func() error {
+			if out, err := m.call("demo/client", "tcp", addr("server-b", 9000), newMarker("deny"), 1); err == nil {
+				return fmt.Errorf("client -> server-b:9000 answered under DENY: %s", out)
+			}
+			return nil
+		})
+		m.mustCall(t, converge, "demo/client", "http", addr("server-b", 8080), newMarker("allowed"), 1)
+		m.must("delete", "-f", deny)
+		deleted = true
+		m.mustCall(t, converge, "demo/client", "tcp", addr("server-b", 9000), newMarker("allowed"), 1)
+	})
+
 	t.Run("ztunnel restart", func(t *testing.T) {
 		m := m.in(t)
 		serverB := m.podIdentity(t, "demo", "server-b")
@@ -418,4 +478,24 @@ func stopped(s status, name string) bool {
 		}
 	}
 	return false
+}
+
+// ztunnelWorkloads returns the workloads section of a node's ztunnel
+// config dump.
+func ztunnelWorkloads(t *testing.T, node string) string {
+	t.Helper()
+	dump, err := nodeGet(node, 15000, "/config_dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Workloads json.RawMessage `json:"workloads"`
+	}
+	if err := json.Unmarshal([]byte(dump), &d); err != nil {
+		t.Fatalf("ztunnel-%s config_dump: %v", node, err)
+	}
+	if len(d.Workloads) < 10 {
+		t.Fatalf("ztunnel-%s has no workloads: %s", node, d.Workloads)
+	}
+	return string(d.Workloads)
 }

@@ -225,17 +225,18 @@ func PolicyKey(obj map[string]any) string {
 }
 
 // meshOptions are the ambient builder options istiod runs with in local
-// mode (its flags: --trust-domain, --tunnel annotation).
+// mode (its flags: --trust-domain, --tunnel annotation, and the default
+// --audit-policies=true).
 func meshOptions(t *topology.Topology) ambient.Options {
-	return ambient.Options{TrustDomain: t.TrustDomain, RootNamespace: RootNamespace, Tunnel: ambient.TunnelByAnnotation}
+	return ambient.Options{TrustDomain: t.TrustDomain, RootNamespace: RootNamespace, Tunnel: ambient.TunnelByAnnotation, AuditPolicies: true}
 }
 
 // CheckConfig runs istiod's own decoder (istiod/config, strict) over the
 // topology's policies and over the objects ConfigFiles renders for it, and
 // istiod's builder (istiod/ambient.Build) over the result. A policy istiod
 // would reject, or would not enforce at ztunnel as written (HTTP
-// attributes, AUDIT or CUSTOM actions, dry-run: local mode has no
-// waypoint), is an error wrapping ErrPolicy, naming policies[i] and the
+// attributes, CUSTOM actions, dry-run: local mode has no waypoint; AUDIT
+// policies are sent and their matches logged), is an error wrapping ErrPolicy, naming policies[i] and the
 // field. Call it before anything is applied.
 func CheckConfig(t *topology.Topology, cs *localcluster.State) error {
 	var errs []error

@@ -187,6 +187,43 @@ policies:
 		m.mustCall(t, converge, "legacy/legacy", "http", addr("server-a", 8080), newMarker("perm"), 2)
 	})
 
+	t.Run("AUDIT policy logs and does not enforce", func(t *testing.T) {
+		m := m.in(t)
+		audit := writeFile(t, "audit.yaml", `
+policies:
+  - apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: audit-client, namespace: demo}
+    spec:
+      action: AUDIT
+      selector: {matchLabels: {app: echo-b}}
+      rules:
+        - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
+`)
+		m.must("apply", "-f", audit)
+		deleted := false
+		t.Cleanup(func() {
+			if !deleted {
+				m.must("delete", "-f", audit)
+			}
+		})
+		logPath := filepath.Join(m.state, "logs", "ztunnel-node-b.log")
+		eventually(t, "audit line in ztunnel-node-b.log", converge, func() error {
+			// The request is allowed: AUDIT never enforces.
+			m.mustCall(t, converge, "demo/client", "http", addr("server-b", 8080), newMarker("audit"), 1)
+			logs, err := os.ReadFile(logPath)
+			if err != nil {
+				return err
+			}
+			if !hasLogLine(string(logs), "audit: policies matched", "demo/audit-client", "src_identity="+clientID) {
+				return fmt.Errorf("no audit line for demo/audit-client from %s yet", clientID)
+			}
+			return nil
+		})
+		m.must("delete", "-f", audit)
+		deleted = true
+	})
+
 	t.Run("fail closed", func(t *testing.T) {
 		m := m.in(t)
 		t.Run("ztunnel stopped", func(t *testing.T) {

@@ -50,8 +50,9 @@ gen-check: generate ## fail when generated code is stale
 e2e: ## end-to-end tests only (the local mesh; needs root)
 	$(GO) test -count=1 -timeout 15m ./e2e/...
 
-bench: build ## print throughput/latency/CPU figures against a same-run baseline
+bench: build ## data path (loopback, pod to pod) and control plane (istiod vs pilot-discovery) figures, each against a same-run baseline
 	$(GO) run ./e2e/bench -bin $(BIN)
+	$(GO) run ./e2e/kube/cpbench -istiod $(BIN)/istiod
 
 demo: build ## the main job: the example local mesh with real traffic (root; stays up: ambitctl local down)
 	$(GO) run ./e2e/demo -bin $(BIN)

@@ -437,9 +437,15 @@ func TestReconcileFollowsLabels(t *testing.T) {
 	eventually(t, "a is captured", func() bool { return e.verify(a) == nil })
 	e.requireNoRules(b)
 
-	// Label removed from a's namespace: released.
+	// Label removed from a's namespace: released. (When a was captured
+	// before ztunnel connected, its add came inside the snapshot, and the
+	// snapshot's end may still be queued: skip it.)
 	e.setNamespaceLabel("mesh", "")
-	if ev := z.next(t); ev.kind != "del" || ev.uid != a.UID {
+	ev := z.next(t)
+	if ev.kind == "snapshot" {
+		ev = z.next(t)
+	}
+	if ev.kind != "del" || ev.uid != a.UID {
 		t.Fatalf("got %+v, want del of %s", ev, a.UID)
 	}
 	e.requireNoRules(a)

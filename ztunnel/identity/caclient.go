@@ -78,6 +78,11 @@ type CAClientOptions struct {
 	Now func() time.Time
 	// DialOptions are appended to the client's (tests, keepalives).
 	DialOptions []grpc.DialOption
+	// ClusterID, if set, is sent as the "ClusterID" request header, as
+	// Istio's ztunnel sends it: Istio's CA picks the cluster whose API
+	// server authenticates the token, and whose pods authorize
+	// ImpersonatedIdentity, by it (without it, impersonation is refused).
+	ClusterID string
 }
 
 // CAClient is the CertSource that asks istiod (or any Istio-compatible CA)
@@ -138,7 +143,7 @@ func NewCAClient(opts CAClientOptions) (*CAClient, error) {
 	tlsConf := &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}
 	dial := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
-		grpc.WithPerRPCCredentials(bearer(opts.Token)),
+		grpc.WithPerRPCCredentials(bearer{token: opts.Token, clusterID: opts.ClusterID}),
 	}, opts.DialOptions...)
 	conn, err := grpc.NewClient(opts.Address, dial...)
 	if err != nil {
@@ -264,15 +269,27 @@ func VerifyIssued(id spiffe.ID, pub crypto.PublicKey, pemChain []string, now tim
 	return chain, nil
 }
 
-// bearer sends "authorization: Bearer <token>" on every RPC, over TLS only.
-type bearer TokenFunc
+// bearer sends "authorization: Bearer <token>" (and "ClusterID" when set)
+// on every RPC, over TLS only.
+type bearer struct {
+	token     TokenFunc
+	clusterID string
+}
+
+// ClusterIDHeader is the request header carrying ztunnel's cluster ID, as
+// Istio's ztunnel sends it.
+const ClusterIDHeader = "ClusterID"
 
 func (b bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
-	tok, err := b(ctx)
+	tok, err := b.token(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]string{"authorization": "Bearer " + tok}, nil
+	md := map[string]string{"authorization": "Bearer " + tok}
+	if b.clusterID != "" {
+		md[ClusterIDHeader] = b.clusterID
+	}
+	return md, nil
 }
 
 func (bearer) RequireTransportSecurity() bool { return true }

@@ -280,14 +280,15 @@ type fakeCA struct {
 }
 
 type recorded struct {
-	req  *pb.IstioCertificateRequest
-	auth []string
+	req       *pb.IstioCertificateRequest
+	auth      []string
+	clusterID []string
 }
 
 func (f *fakeCA) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	f.mu.Lock()
-	f.reqs = append(f.reqs, recorded{req: req, auth: md.Get("authorization")})
+	f.reqs = append(f.reqs, recorded{req: req, auth: md.Get("authorization"), clusterID: md.Get(ClusterIDHeader)})
 	f.mu.Unlock()
 	block, _ := pem.Decode([]byte(req.GetCsr()))
 	if block == nil {
@@ -337,10 +338,11 @@ func startFakeCA(t *testing.T, respond func(f *fakeCA, csr *x509.CertificateRequ
 		}
 	})
 	cl, err := NewCAClient(CAClientOptions{
-		Address: lis.Addr().String(), // verified against the 127.0.0.1 IP SAN
-		RootCAs: servingCA.Pool(),
-		Token:   func(context.Context) (string, error) { return "tok-0123456789abcdef", nil },
-		CertTTL: 2 * time.Hour,
+		Address:   lis.Addr().String(), // verified against the 127.0.0.1 IP SAN
+		RootCAs:   servingCA.Pool(),
+		Token:     func(context.Context) (string, error) { return "tok-0123456789abcdef", nil },
+		CertTTL:   2 * time.Hour,
+		ClusterID: "Kubernetes",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -364,6 +366,9 @@ func TestCAClientRequestShape(t *testing.T) {
 	r := f.reqs[0]
 	if len(r.auth) != 1 || r.auth[0] != "Bearer tok-0123456789abcdef" {
 		t.Errorf("authorization metadata %q", r.auth)
+	}
+	if len(r.clusterID) != 1 || r.clusterID[0] != "Kubernetes" {
+		t.Errorf("ClusterID metadata %q, want Kubernetes (Istio's CA refuses impersonation without it)", r.clusterID)
 	}
 	if r.req.GetValidityDuration() != 7200 {
 		t.Errorf("validity_duration %d, want 7200", r.req.GetValidityDuration())

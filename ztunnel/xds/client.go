@@ -65,6 +65,10 @@ type Options struct {
 	// and metadata such as NAMESPACE and NODE_NAME).
 	NodeID       string
 	NodeMetadata map[string]string
+	// ClusterID, if set, is sent as the "ClusterID" request header with the
+	// token (identity.ClusterIDHeader), as Istio's ztunnel does: Istio's
+	// istiod picks the API server that checks the token by it.
+	ClusterID string
 	// Store receives the state. The client owns the resources it received
 	// from xDS: it tracks their versions to resume after a reconnect, so
 	// other writers must not write them.
@@ -179,7 +183,7 @@ func New(opts Options) (*Client, error) {
 		}),
 	}
 	if opts.Token != nil {
-		dial = append(dial, grpc.WithPerRPCCredentials(bearer(opts.Token)))
+		dial = append(dial, grpc.WithPerRPCCredentials(bearer{token: opts.Token, clusterID: opts.ClusterID}))
 	}
 	conn, err := grpc.NewClient(opts.Address, append(dial, opts.DialOptions...)...)
 	if err != nil {
@@ -365,16 +369,23 @@ func (c *Client) nack(resp *discovery.DeltaDiscoveryResponse, err error) *discov
 	}
 }
 
-// bearer sends "authorization: Bearer <token>" on every stream, over TLS
-// only.
-type bearer identity.TokenFunc
+// bearer sends "authorization: Bearer <token>" (and "ClusterID" when set)
+// on every stream, over TLS only.
+type bearer struct {
+	token     identity.TokenFunc
+	clusterID string
+}
 
 func (b bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
-	tok, err := b(ctx)
+	tok, err := b.token(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]string{"authorization": "Bearer " + tok}, nil
+	md := map[string]string{"authorization": "Bearer " + tok}
+	if b.clusterID != "" {
+		md[identity.ClusterIDHeader] = b.clusterID
+	}
+	return md, nil
 }
 
 func (bearer) RequireTransportSecurity() bool { return true }

@@ -19,6 +19,8 @@
 // APIServerAddr (172.31.0.1:6443) and dials the API server from the host.
 // The API server's certificate does not name that address: kubeconfigs for
 // processes in the nodes (Kubeconfig) set tls-server-name: localhost.
+// Forward makes other host servers reachable the same way (e.g. a
+// pilot-discovery on the host's loopback, at BackboneIP:15012).
 // Nothing is added to the host's network namespace.
 //
 // # Pods (the test node's contract)

@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 )
 
 // createNodes creates (or takes over) a Node object per node, with its
@@ -20,23 +21,29 @@ func (n *Nodes) createNodes(ctx context.Context) error {
 			}},
 			Spec: corev1.NodeSpec{PodCIDR: PodCIDR(i).String(), PodCIDRs: []string{PodCIDR(i).String()}},
 		}
-		cur, err := nodes.Create(ctx, obj, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) {
-			cur, err = nodes.Get(ctx, name, metav1.GetOptions{})
-		}
-		if err != nil {
+		if _, err := nodes.Create(ctx, obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("creating Node %s: %w", name, err)
 		}
-		now := metav1.Now()
-		cur.Status.Addresses = []corev1.NodeAddress{
-			{Type: corev1.NodeInternalIP, Address: NodeIP(i).String()},
-			{Type: corev1.NodeHostName, Address: name},
-		}
-		cur.Status.Conditions = []corev1.NodeCondition{{
-			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "TestNodeReady",
-			Message: "e2e/kube/testnode runs this node's pods", LastHeartbeatTime: now, LastTransitionTime: now,
-		}}
-		if _, err := nodes.UpdateStatus(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		// Controllers (node lifecycle, TTL) update a new Node right away:
+		// re-read and retry the status write on a conflict.
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			cur, err := nodes.Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			now := metav1.Now()
+			cur.Status.Addresses = []corev1.NodeAddress{
+				{Type: corev1.NodeInternalIP, Address: NodeIP(i).String()},
+				{Type: corev1.NodeHostName, Address: name},
+			}
+			cur.Status.Conditions = []corev1.NodeCondition{{
+				Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "TestNodeReady",
+				Message: "e2e/kube/testnode runs this node's pods", LastHeartbeatTime: now, LastTransitionTime: now,
+			}}
+			_, err = nodes.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("writing the status of Node %s: %w", name, err)
 		}
 	}

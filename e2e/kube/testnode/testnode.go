@@ -84,6 +84,8 @@ type Nodes struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	fwd    net.Listener
+	// extraFwd are Forward's listeners, closed at Stop.
+	extraFwd []net.Listener
 
 	mu       sync.Mutex
 	pods     map[string]*runningPod // by namespace/name
@@ -196,6 +198,13 @@ func (n *Nodes) Stop() error {
 		n.cancel()
 		if n.fwd != nil {
 			n.fwd.Close()
+		}
+		n.mu.Lock()
+		extra := n.extraFwd
+		n.extraFwd = nil
+		n.mu.Unlock()
+		for _, ln := range extra {
+			ln.Close()
 		}
 		n.wg.Wait()
 		n.mu.Lock()
@@ -322,16 +331,46 @@ func (n *Nodes) StopProc(p local.Proc, grace time.Duration) {
 // startForwarder listens in the backbone at APIServerAddr and relays each
 // connection to the API server on the host's loopback.
 func (n *Nodes) startForwarder(ctx context.Context) error {
-	bb, err := netns.OpenName(BackboneNetns)
-	if err != nil {
-		return err
-	}
-	defer bb.Close()
-	ln, err := netns.ListenIn(ctx, bb, "tcp", n.APIServerAddr())
+	ln, err := n.forward(ctx, n.APIServerAddr(), n.opts.APIServer)
 	if err != nil {
 		return fmt.Errorf("API server forwarder: %w", err)
 	}
 	n.fwd = ln
+	return nil
+}
+
+// Forward makes a TCP server of the host's network namespace (e.g. one on
+// the host's loopback, like the API server's) reachable from the nodes: it
+// listens in the backbone at listen (an address on BackboneIP, e.g.
+// "172.31.0.1:15012") and relays each connection to target, dialed from
+// the host, as the API server forwarder does. It runs until Stop.
+func (n *Nodes) Forward(ctx context.Context, listen, target string) error {
+	ln, err := n.forward(ctx, listen, target)
+	if err != nil {
+		return fmt.Errorf("forwarder %s -> %s: %w", listen, target, err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stopped {
+		ln.Close()
+		return errors.New("test nodes stopped")
+	}
+	n.extraFwd = append(n.extraFwd, ln)
+	return nil
+}
+
+// forward listens in the backbone at listen and relays each connection to
+// target until the listener closes; n.wg tracks it.
+func (n *Nodes) forward(ctx context.Context, listen, target string) (net.Listener, error) {
+	bb, err := netns.OpenName(BackboneNetns)
+	if err != nil {
+		return nil, err
+	}
+	defer bb.Close()
+	ln, err := netns.ListenIn(ctx, bb, "tcp", listen)
+	if err != nil {
+		return nil, err
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -345,21 +384,21 @@ func (n *Nodes) startForwarder(ctx context.Context) error {
 			conns.Add(1)
 			go func() {
 				defer conns.Done()
-				n.relay(c)
+				n.relay(c, target)
 			}()
 		}
 	}()
-	return nil
+	return ln, nil
 }
 
-// relay copies both ways between an accepted connection and the API
-// server until either side closes or the forwarder stops.
-func (n *Nodes) relay(c net.Conn) {
+// relay copies both ways between an accepted connection and target until
+// either side closes or the forwarder stops.
+func (n *Nodes) relay(c net.Conn, target string) {
 	defer c.Close()
 	var d net.Dialer
-	up, err := d.Dial("tcp", n.opts.APIServer)
+	up, err := d.Dial("tcp", target)
 	if err != nil {
-		n.log.Warn("forwarder: dialing the API server", "err", err)
+		n.log.Warn("forwarder: dialing", "target", target, "err", err)
 		return
 	}
 	defer up.Close()

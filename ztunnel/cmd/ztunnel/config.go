@@ -35,6 +35,10 @@ const (
 	FlagReadinessAddr = "readiness-addr"
 	FlagAdminAddr     = "admin-addr"
 	FlagLogLevel      = "log-level"
+	FlagPodName       = "pod-name"
+	FlagPodNamespace  = "pod-namespace"
+	FlagPodIP         = "pod-ip"
+	FlagClusterID     = "cluster-id"
 )
 
 // Defaults.
@@ -44,6 +48,8 @@ const (
 	DefaultMetricsAddr   = ":15020"
 	DefaultReadinessAddr = ":15021"
 	DefaultAdminAddr     = "127.0.0.1:15000"
+	DefaultPodNamespace  = "istio-system"
+	DefaultClusterID     = "Kubernetes"
 )
 
 // Config is ztunnel's validated configuration.
@@ -74,6 +80,16 @@ type Config struct {
 	ReadinessAddr string
 	AdminAddr     string
 	LogLevel      slog.Level
+	// PodName, PodNamespace and PodIP are ztunnel's own pod (downward API):
+	// with ClusterID they make the xDS node ID and metadata Istio's istiod
+	// requires ("ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local"). PodName
+	// defaults to "ztunnel-<node>"; an empty PodIP is taken from the host's
+	// interfaces at start (xdsNode).
+	PodName, PodNamespace, PodIP string
+	// ClusterID is sent to the CA and xDS server as the ClusterID header
+	// and the CLUSTER_ID node metadata (Istio's CA authorizes identities
+	// requested on behalf of pods only with it).
+	ClusterID string
 }
 
 // EnvName returns the environment variable for a flag.
@@ -108,6 +124,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		readinessAddr = str(FlagReadinessAddr, DefaultReadinessAddr, "listen address of /healthz/ready")
 		adminAddr     = str(FlagAdminAddr, DefaultAdminAddr, "listen address of /config_dump and /debug/pprof/ (loopback only)")
 		logLevel      = str(FlagLogLevel, "info", "log level: debug, info, warn, error")
+		podName       = str(FlagPodName, "", "ztunnel's pod name, for the xDS node ID (default ztunnel-<node>)")
+		podNamespace  = str(FlagPodNamespace, DefaultPodNamespace, "ztunnel's pod namespace, for the xDS node ID")
+		podIP         = str(FlagPodIP, "", "ztunnel's pod IP, for the xDS node ID (default: the host's first global unicast address)")
+		clusterID     = str(FlagClusterID, DefaultClusterID, "cluster ID sent to the CA and xDS server (Istio's CLUSTER_ID)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
@@ -119,6 +139,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		Node: *node, TrustDomain: *td, ZDSSocket: *zdsSocket, CAAddr: *caAddr, CARoot: *caRoot,
 		CAServerName: *caServerName, TokenFile: *tokenFile, LocalConfig: *localConfig,
 		MetricsAddr: *metricsAddr, ReadinessAddr: *readinessAddr, AdminAddr: *adminAddr,
+		PodName: *podName, PodNamespace: *podNamespace, PodIP: *podIP, ClusterID: *clusterID,
+	}
+	if cfg.PodName == "" && cfg.Node != "" {
+		cfg.PodName = "ztunnel-" + cfg.Node
 	}
 	var errs []error
 	bad := func(name, format string, args ...any) {
@@ -169,6 +193,15 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		bad(FlagAdminAddr, "%q is not host:port (e.g. %s)", cfg.AdminAddr, DefaultAdminAddr)
 	} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		bad(FlagAdminAddr, "%q is not a loopback address; the admin endpoint shows the whole state, bind it to 127.0.0.1 or ::1", cfg.AdminAddr)
+	}
+	if cfg.PodIP != "" && net.ParseIP(cfg.PodIP) == nil {
+		bad(FlagPodIP, "%q is not an IP address", cfg.PodIP)
+	}
+	required(FlagPodNamespace, cfg.PodNamespace, "ztunnel's namespace, default "+DefaultPodNamespace)
+	for _, v := range []struct{ name, v string }{{FlagPodName, cfg.PodName}, {FlagPodNamespace, cfg.PodNamespace}} {
+		if strings.Contains(v.v, "~") {
+			bad(v.name, "%q contains '~', the xDS node ID's separator", v.v)
+		}
 	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		bad(FlagLogLevel, "%q is not one of debug, info, warn, error", *logLevel)

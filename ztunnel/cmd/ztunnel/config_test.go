@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +31,7 @@ func TestParseConfigLocalMode(t *testing.T) {
 		CAAddr: "172.30.0.1:15012", CAServerName: "istiod.istio-system.svc", CARoot: "S/root-cert.pem",
 		TokenFile: "S/nodes/node-a/token", LocalConfig: "S/ztunnel-config.yaml", CertTTL: 24 * time.Hour,
 		MetricsAddr: ":15020", ReadinessAddr: ":15021", AdminAddr: "127.0.0.1:15000", LogLevel: slog.LevelInfo,
+		PodName: "ztunnel-node-a", PodNamespace: "istio-system", ClusterID: "Kubernetes",
 	}
 	if cfg != want {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -102,6 +105,8 @@ func TestParseConfigErrors(t *testing.T) {
 				`--log-level (AMBIT_LOG_LEVEL): "loud"`,
 				`--trust-domain (AMBIT_TRUST_DOMAIN)`,
 			}},
+		{"bad pod", append(append([]string{}, localArgs...), "--pod-ip", "node-a", "--pod-name", "a~b"),
+			[]string{`--pod-ip (AMBIT_POD_IP): "node-a" is not an IP address`, `--pod-name (AMBIT_POD_NAME): "a~b" contains '~'`}},
 		{"positional", append(append([]string{}, localArgs...), "extra"), []string{`unexpected argument "extra"`}},
 	}
 	for _, tt := range tests {
@@ -122,5 +127,27 @@ func TestParseConfigErrors(t *testing.T) {
 	}
 	if _, err := parseConfig(append(append([]string{}, localArgs...), "--admin-addr", "[::1]:15000"), noEnv, io.Discard); err != nil {
 		t.Errorf("::1 admin: %v", err)
+	}
+}
+
+// TestXDSNode: the node ID has the four parts Istio's istiod parses
+// ("missing parts in the service node" otherwise) and a valid IP.
+func TestXDSNode(t *testing.T) {
+	cfg, err := parseConfig(append(append([]string{}, localArgs...), "--pod-ip", "172.31.0.10", "--pod-namespace", "kube-system"), noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, md := xdsNode(cfg)
+	if want := "ztunnel~172.31.0.10~ztunnel-node-a.kube-system~kube-system.svc.cluster.local"; id != want {
+		t.Errorf("node ID %q, want %q", id, want)
+	}
+	want := map[string]string{"NAME": "ztunnel-node-a", "NAMESPACE": "kube-system", "NODE_NAME": "node-a", "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "172.31.0.10"}
+	if fmt.Sprint(md) != fmt.Sprint(want) {
+		t.Errorf("metadata %v, want %v", md, want)
+	}
+	cfg.PodIP = ""
+	id, md = xdsNode(cfg)
+	if parts := strings.Split(id, "~"); len(parts) != 4 || net.ParseIP(parts[1]) == nil || md["INSTANCE_IPS"] != parts[1] {
+		t.Errorf("without --pod-ip: node ID %q, metadata %v", id, md)
 	}
 }

@@ -11,6 +11,11 @@
 // and while istiod is unreachable the last good state keeps being served
 // (the client reconnects with backoff). With --local-config the state comes
 // from that file instead, reloaded on change (local file mode, for tests).
+// ztunnel presents itself to istiod as Istio's ztunnel does, so a real Istio
+// istiod serves it too: node ID "ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local"
+// (--pod-ip, --pod-name, --pod-namespace) and the "ClusterID" header
+// (--cluster-id) on CA and xDS requests, without which Istio's CA refuses
+// certificates asked on behalf of the node's pods.
 // Flags are listed in config.go; each can also be set by the environment
 // (AMBIT_<FLAG>).
 package main

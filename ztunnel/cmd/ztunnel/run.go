@@ -45,7 +45,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 
 	ca, err := identity.NewCAClient(identity.CAClientOptions{
 		Address: cfg.CAAddr, ServerName: cfg.CAServerName, RootCAFile: cfg.CARoot,
-		Token: identity.FileToken(cfg.TokenFile), CertTTL: cfg.CertTTL,
+		Token: identity.FileToken(cfg.TokenFile), CertTTL: cfg.CertTTL, ClusterID: cfg.ClusterID,
 	})
 	if err != nil {
 		return fmt.Errorf("CA client for %s: %w", cfg.CAAddr, err)
@@ -91,10 +91,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	}
 	var xc *xds.Client
 	if cfg.LocalConfig == "" {
+		nodeID, nodeMD := xdsNode(cfg)
 		xc, err = xds.New(xds.Options{
 			Address: cfg.XDSAddr, ServerName: cfg.CAServerName, RootCAFile: cfg.CARoot,
 			Token:  identity.FileToken(cfg.TokenFile),
-			NodeID: "ztunnel~" + cfg.Node, NodeMetadata: map[string]string{"NODE_NAME": cfg.Node},
+			NodeID: nodeID, NodeMetadata: nodeMD, ClusterID: cfg.ClusterID,
 			Store: store, Logger: log,
 		})
 		if err != nil {
@@ -250,5 +251,32 @@ func trustBundle(file []*x509.Certificate, managerRoots func() *x509.CertPool) f
 		}
 		lastBase, union = base, p
 		return union
+	}
+}
+
+// xdsNode returns the node ID and metadata ztunnel presents to istiod, in
+// the form Istio's ztunnel uses and Istio's istiod requires: four
+// '~'-separated parts with a valid IP ("ztunnel~<ip>~<pod>.<ns>~<ns>.svc.
+// cluster.local"; istiod refuses the stream otherwise), and the metadata
+// NAME, NAMESPACE, NODE_NAME, CLUSTER_ID, INSTANCE_IPS. Without
+// cfg.PodIP, the first global unicast address of the host's interfaces is
+// used (a host-network ztunnel's pod IP is its node's).
+func xdsNode(cfg Config) (string, map[string]string) {
+	ip := cfg.PodIP
+	if ip == "" {
+		ip = "127.0.0.1"
+		if addrs, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range addrs {
+				if n, ok := a.(*net.IPNet); ok && n.IP.IsGlobalUnicast() {
+					ip = n.IP.String()
+					break
+				}
+			}
+		}
+	}
+	id := fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", ip, cfg.PodName, cfg.PodNamespace, cfg.PodNamespace)
+	return id, map[string]string{
+		"NAME": cfg.PodName, "NAMESPACE": cfg.PodNamespace, "NODE_NAME": cfg.Node,
+		"CLUSTER_ID": cfg.ClusterID, "INSTANCE_IPS": ip,
 	}
 }

@@ -223,6 +223,7 @@ func kubernetesSource(cfg Config, log *slog.Logger) (*kube.Source, *kubeauth.Aut
 func pushLoop(ctx context.Context, src config.Source, opts ambient.Options, x *xds.Server, log *slog.Logger, first func()) {
 	seen := map[string]bool{}
 	pushed := false
+	p := newPusher(opts, x)
 	for {
 		select {
 		case <-ctx.Done():
@@ -231,7 +232,7 @@ func pushLoop(ctx context.Context, src config.Source, opts ambient.Options, x *x
 		}
 		snap := src.Snapshot()
 		start := time.Now()
-		res, errs := ambient.Build(snap, opts)
+		res, errs := p.push(snap)
 		now := make(map[string]bool, len(errs))
 		for _, err := range errs {
 			msg := err.Error()
@@ -246,7 +247,6 @@ func pushLoop(ctx context.Context, src config.Source, opts ambient.Options, x *x
 			}
 		}
 		seen = now
-		x.Set(xds.Resources{Addresses: res.Addresses(), Authorizations: res.Authorizations})
 		log.Debug("config pushed", "workloads", len(res.Workloads), "services", len(res.Services),
 			"authorizations", len(res.Authorizations), "build", time.Since(start))
 		if !pushed {
@@ -270,4 +270,24 @@ func readinessHandler(ready *atomic.Bool, source string) http.Handler {
 		fmt.Fprintf(w, "not ready: first config from the %s source not pushed yet\n", source)
 	})
 	return mux
+}
+
+// pusher builds snapshots into resources and sets them on the xDS server.
+// Its ambient.Builder keeps every unchanged resource the same pointer, which
+// the xDS server then does not encode again.
+type pusher struct {
+	opts ambient.Options
+	x    *xds.Server
+	b    *ambient.Builder
+}
+
+func newPusher(opts ambient.Options, x *xds.Server) *pusher {
+	return &pusher{opts: opts, x: x, b: ambient.NewBuilder()}
+}
+
+// push builds snap and sets the result on the xDS server.
+func (p *pusher) push(snap *config.Snapshot) (*ambient.Resources, []error) {
+	res, errs := p.b.Build(snap, p.opts)
+	p.x.Set(xds.Resources{Addresses: res.Addresses(), Authorizations: res.Authorizations})
+	return res, errs
 }

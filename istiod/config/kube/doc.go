@@ -7,10 +7,14 @@
 // # Reconcile
 //
 // Level-triggered: every informer event (add, update, delete, resync) only
-// marks the state dirty by adding the one key of a rate-limited workqueue; a
-// single worker takes the key, rebuilds the whole config.Snapshot from the
-// informers' caches and publishes it (Snapshot, then a coalescing signal on
-// Changes). Events that arrive while a rebuild runs are folded into one more
+// records its object's key (per kind) and adds the one key of a
+// rate-limited workqueue; a single worker takes the key, builds the next
+// config.Snapshot from the informers' caches and publishes it (Snapshot,
+// then a coalescing signal on Changes). A build reuses the previous
+// snapshot's map of a kind without events and re-reads only the recorded
+// keys of the others (copy on write: a published snapshot never changes),
+// so an unchanged object keeps its pointer; the first build, and the first
+// after a policy informer starts, read the whole cache of the kind. Events that arrive while a rebuild runs are folded into one more
 // rebuild. A rebuild is refused (and retried with the queue's rate limiter)
 // while any started informer has not synced, so a snapshot never lacks a
 // kind it should hold (policies missing from a snapshot would allow traffic

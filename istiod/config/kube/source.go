@@ -5,15 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -73,14 +72,19 @@ type Source struct {
 	opts  Options
 	log   *slog.Logger
 
-	core    informers.SharedInformerFactory
-	sec     istioinformers.SharedInformerFactory
-	nsInf   cache.SharedIndexInformer
-	podInf  cache.SharedIndexInformer
-	svcInf  cache.SharedIndexInformer
-	saInf   cache.SharedIndexInformer
-	epsInf  cache.SharedIndexInformer
-	handler cache.ResourceEventHandler
+	core   informers.SharedInformerFactory
+	sec    istioinformers.SharedInformerFactory
+	nsInf  cache.SharedIndexInformer
+	podInf cache.SharedIndexInformer
+	svcInf cache.SharedIndexInformer
+	saInf  cache.SharedIndexInformer
+	epsInf cache.SharedIndexInformer
+
+	// dirty lists, per kind, the cache keys that changed since the last
+	// build (full: the whole kind), so a build copies only those.
+	dirtyMu sync.Mutex
+	dirty   [numKinds]map[string]struct{}
+	full    [numKinds]bool
 
 	// apInf and paInf are set (once) by Run when their CRD is found.
 	polMu sync.Mutex
@@ -144,10 +148,8 @@ func New(kube kubernetes.Interface, istio istioclient.Interface, opts Options) *
 		synced:  make(chan struct{}),
 		snap:    config.NewSnapshot(),
 	}
-	s.handler = cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { s.queue.Add(queueKey) },
-		UpdateFunc: func(any, any) { s.queue.Add(queueKey) },
-		DeleteFunc: func(any) { s.queue.Add(queueKey) },
+	for k := range s.full {
+		s.full[k] = true
 	}
 	s.nsInf = s.core.Core().V1().Namespaces().Informer()
 	s.podInf = s.core.Core().V1().Pods().Informer()
@@ -158,16 +160,105 @@ func New(kube kubernetes.Interface, istio istioclient.Interface, opts Options) *
 	if err := s.podInf.AddIndexers(cache.Indexers{IndexNodeName: podNodeName}); err != nil {
 		panic("kube: adding the pod node index: " + err.Error())
 	}
-	for _, inf := range s.coreInformers() {
-		if _, err := inf.AddEventHandler(s.handler); err != nil {
+	for k, inf := range s.coreInformers() {
+		if _, err := inf.AddEventHandler(s.handlerFor(kind(k))); err != nil {
 			panic("kube: adding an event handler: " + err.Error())
 		}
 	}
 	return s
 }
 
+// coreInformers are the informers of the core kinds, indexed by kind.
 func (s *Source) coreInformers() []cache.SharedIndexInformer {
 	return []cache.SharedIndexInformer{s.nsInf, s.podInf, s.svcInf, s.saInf, s.epsInf}
+}
+
+// kind indexes the snapshot's kinds; the core ones in coreInformers order.
+type kind int
+
+const (
+	kindNamespace kind = iota
+	kindPod
+	kindService
+	kindServiceAccount
+	kindEndpointSlice
+	kindAuthorizationPolicy
+	kindPeerAuthentication
+	numKinds
+)
+
+// handlerFor records the key of every event of kind k and queues a build.
+func (s *Source) handlerFor(k kind) cache.ResourceEventHandler {
+	mark := func(obj any) {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		s.dirtyMu.Lock()
+		switch {
+		case err != nil:
+			s.full[k] = true
+		case !s.full[k]:
+			if s.dirty[k] == nil {
+				s.dirty[k] = map[string]struct{}{}
+			}
+			s.dirty[k][key] = struct{}{}
+		}
+		s.dirtyMu.Unlock()
+		s.queue.Add(queueKey)
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    mark,
+		UpdateFunc: func(_, obj any) { mark(obj) },
+		DeleteFunc: mark,
+	}
+}
+
+func (s *Source) markFull(k kind) {
+	s.dirtyMu.Lock()
+	s.full[k] = true
+	s.dirtyMu.Unlock()
+}
+
+// takeDirty returns and resets what changed since the last build.
+func (s *Source) takeDirty() (dirty [numKinds]map[string]struct{}, full [numKinds]bool) {
+	s.dirtyMu.Lock()
+	defer s.dirtyMu.Unlock()
+	dirty, full = s.dirty, s.full
+	s.dirty, s.full = [numKinds]map[string]struct{}{}, [numKinds]bool{}
+	return dirty, full
+}
+
+// update returns the map of one kind for the next snapshot: prev itself
+// when nothing changed, a copy of prev with the dirty keys read again from
+// store, or (full) the whole store. The cache keys are the snapshot's keys
+// (config.Key, or the name of a namespace).
+func update[T any](prev map[string]T, store cache.Store, dirty map[string]struct{}, full bool) map[string]T {
+	if !full && len(dirty) == 0 {
+		return prev
+	}
+	if full || store == nil {
+		out := map[string]T{}
+		if store == nil {
+			return out
+		}
+		for _, key := range store.ListKeys() {
+			if o, ok, _ := store.GetByKey(key); ok {
+				if v, ok := o.(T); ok {
+					out[key] = v
+				}
+			}
+		}
+		return out
+	}
+	out := maps.Clone(prev)
+	for key := range dirty {
+		o, ok, _ := store.GetByKey(key)
+		v, isT := o.(T)
+		if ok && isT {
+			out[key] = v
+		} else {
+			delete(out, key)
+		}
+	}
+	return out
 }
 
 func podNodeName(obj any) ([]string, error) {
@@ -263,55 +354,41 @@ func (s *Source) processNext() bool {
 	return true
 }
 
-// build copies the caches into a new snapshot.
+// build makes the next snapshot from the caches: the previous snapshot's
+// map of a kind without events, else that map with the keys of the events
+// read again (the whole cache for a kind marked full: before the first
+// build, and when a policy informer starts).
 func (s *Source) build() (*config.Snapshot, error) {
-	if !s.informerSynced() {
-		return nil, ErrNotSynced
-	}
-	snap := config.NewSnapshot()
-	for _, o := range s.nsInf.GetStore().List() {
-		if ns, ok := o.(*corev1.Namespace); ok {
-			snap.Namespaces[ns.Name] = ns
-		}
-	}
-	for _, o := range s.podInf.GetStore().List() {
-		if p, ok := o.(*corev1.Pod); ok {
-			snap.Pods[config.Key(p.Namespace, p.Name)] = p
-		}
-	}
-	for _, o := range s.svcInf.GetStore().List() {
-		if v, ok := o.(*corev1.Service); ok {
-			snap.Services[config.Key(v.Namespace, v.Name)] = v
-		}
-	}
-	for _, o := range s.saInf.GetStore().List() {
-		if v, ok := o.(*corev1.ServiceAccount); ok {
-			snap.ServiceAccounts[config.Key(v.Namespace, v.Name)] = v
-		}
-	}
-	for _, o := range s.epsInf.GetStore().List() {
-		if v, ok := o.(*discoveryv1.EndpointSlice); ok {
-			snap.EndpointSlices[config.Key(v.Namespace, v.Name)] = v
-		}
-	}
+	// The policy informers read are those found synced: one started
+	// after this point stays marked full for the next build.
 	s.polMu.Lock()
 	ap, pa := s.apInf, s.paInf
 	s.polMu.Unlock()
+	if !s.informerSynced() || (ap != nil && !ap.HasSynced()) || (pa != nil && !pa.HasSynced()) {
+		return nil, ErrNotSynced
+	}
+	dirty, full := s.takeDirty()
+	var apStore, paStore cache.Store
 	if ap != nil {
-		for _, o := range ap.GetStore().List() {
-			if v, ok := o.(*securityv1.AuthorizationPolicy); ok {
-				snap.AuthorizationPolicies[config.Key(v.Namespace, v.Name)] = v
-			}
-		}
+		apStore = ap.GetStore()
+	} else if full[kindAuthorizationPolicy] {
+		s.markFull(kindAuthorizationPolicy)
 	}
 	if pa != nil {
-		for _, o := range pa.GetStore().List() {
-			if v, ok := o.(*securityv1.PeerAuthentication); ok {
-				snap.PeerAuthentications[config.Key(v.Namespace, v.Name)] = v
-			}
-		}
+		paStore = pa.GetStore()
+	} else if full[kindPeerAuthentication] {
+		s.markFull(kindPeerAuthentication)
 	}
-	return snap, nil
+	prev := s.Snapshot()
+	return &config.Snapshot{
+		Namespaces:            update(prev.Namespaces, s.nsInf.GetStore(), dirty[kindNamespace], full[kindNamespace]),
+		Pods:                  update(prev.Pods, s.podInf.GetStore(), dirty[kindPod], full[kindPod]),
+		Services:              update(prev.Services, s.svcInf.GetStore(), dirty[kindService], full[kindService]),
+		ServiceAccounts:       update(prev.ServiceAccounts, s.saInf.GetStore(), dirty[kindServiceAccount], full[kindServiceAccount]),
+		EndpointSlices:        update(prev.EndpointSlices, s.epsInf.GetStore(), dirty[kindEndpointSlice], full[kindEndpointSlice]),
+		AuthorizationPolicies: update(prev.AuthorizationPolicies, apStore, dirty[kindAuthorizationPolicy], full[kindAuthorizationPolicy]),
+		PeerAuthentications:   update(prev.PeerAuthentications, paStore, dirty[kindPeerAuthentication], full[kindPeerAuthentication]),
+	}, nil
 }
 
 func (s *Source) publish(snap *config.Snapshot) {
@@ -416,12 +493,14 @@ func (s *Source) watchPolicies(ctx context.Context) bool {
 	s.polMu.Lock()
 	if needAP && have[ResourceAuthorizationPolicies] {
 		s.apInf = s.sec.Security().V1().AuthorizationPolicies().Informer()
-		_, _ = s.apInf.AddEventHandler(s.handler)
+		s.markFull(kindAuthorizationPolicy)
+		_, _ = s.apInf.AddEventHandler(s.handlerFor(kindAuthorizationPolicy))
 		started = true
 	}
 	if needPA && have[ResourcePeerAuthentications] {
 		s.paInf = s.sec.Security().V1().PeerAuthentications().Informer()
-		_, _ = s.paInf.AddEventHandler(s.handler)
+		s.markFull(kindPeerAuthentication)
+		_, _ = s.paInf.AddEventHandler(s.handlerFor(kindPeerAuthentication))
 		started = true
 	}
 	missing := []string{}

@@ -270,3 +270,43 @@ func TestNotSyncedBeforeRun(t *testing.T) {
 		t.Error("Snapshot before Run must be empty, not nil")
 	}
 }
+
+// TestIncrementalSnapshot: a change re-reads only its object: the kinds
+// without events keep their maps and the other objects their pointers,
+// and the result equals the caches' content.
+func TestIncrementalSnapshot(t *testing.T) {
+	f := start(t, &fakeDiscovery{resources: []string{ResourceAuthorizationPolicies, ResourcePeerAuthentications}})
+	eventually(t, f.src, "policies", func(s *config.Snapshot) error {
+		if len(s.AuthorizationPolicies) != 1 || len(s.PeerAuthentications) != 1 {
+			return errors.New("policies not seen yet")
+		}
+		return nil
+	})
+	before := f.src.Snapshot()
+	p := before.Pods["shop/cart-1"].DeepCopy()
+	p.Labels = map[string]string{"app": "cart"}
+	if _, err := f.kube.CoreV1().Pods("shop").Update(context.Background(), p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, f.src, "pod label", func(s *config.Snapshot) error {
+		if s.Pods["shop/cart-1"].Labels["app"] != "cart" {
+			return errors.New("label not seen")
+		}
+		return nil
+	})
+	after := f.src.Snapshot()
+	if after.Pods["shop/web-1"] != before.Pods["shop/web-1"] {
+		t.Error("the unchanged pod is a new pointer")
+	}
+	same := func(a, b any) bool { return fmt.Sprintf("%p", a) == fmt.Sprintf("%p", b) }
+	if !same(after.Services, before.Services) || !same(after.Namespaces, before.Namespaces) ||
+		!same(after.AuthorizationPolicies, before.AuthorizationPolicies) || !same(after.PeerAuthentications, before.PeerAuthentications) {
+		t.Error("a kind without events got a new map")
+	}
+	if same(after.Pods, before.Pods) {
+		t.Error("the pods map was modified in place")
+	}
+	if n := len(f.src.podInf.GetStore().ListKeys()); n != len(after.Pods) {
+		t.Errorf("%d pods in the snapshot, %d cached", len(after.Pods), n)
+	}
+}

@@ -99,6 +99,34 @@ type CAClient struct {
 
 var _ CertSource = (*CAClient)(nil)
 
+// ServerTrust resolves how a client verifies istiod's serving certificate:
+// the roots (pool, else the PEM file, which is required then) and the
+// server name (name, else the host of addr). The CA and xDS clients share it.
+func ServerTrust(pool *x509.CertPool, file, name, addr string) (*x509.CertPool, string, error) {
+	roots := pool
+	if roots == nil {
+		if file == "" {
+			return nil, "", errors.New("no root certificate file configured to verify istiod's serving certificate")
+		}
+		pemBytes, err := os.ReadFile(file)
+		if err != nil {
+			return nil, "", fmt.Errorf("reading istiod's root certificate: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pemBytes) {
+			return nil, "", fmt.Errorf("%s holds no PEM certificate", file)
+		}
+	}
+	if name == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, "", fmt.Errorf("address %q is not host:port: %w", addr, err)
+		}
+		name = host
+	}
+	return roots, name, nil
+}
+
 // NewCAClient prepares a client; it connects lazily, on the first Fetch.
 func NewCAClient(opts CAClientOptions) (*CAClient, error) {
 	if opts.Address == "" {
@@ -107,27 +135,9 @@ func NewCAClient(opts CAClientOptions) (*CAClient, error) {
 	if opts.Token == nil {
 		return nil, errors.New("CA client: no token source configured (the CA authenticates ztunnel by bearer token)")
 	}
-	roots := opts.RootCAs
-	if roots == nil {
-		if opts.RootCAFile == "" {
-			return nil, errors.New("CA client: no root certificate file configured to verify the CA's serving certificate")
-		}
-		pemBytes, err := os.ReadFile(opts.RootCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("CA client: reading CA root certificate: %w", err)
-		}
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pemBytes) {
-			return nil, fmt.Errorf("CA client: %s holds no PEM certificate", opts.RootCAFile)
-		}
-	}
-	serverName := opts.ServerName
-	if serverName == "" {
-		host, _, err := net.SplitHostPort(opts.Address)
-		if err != nil {
-			return nil, fmt.Errorf("CA client: address %q is not host:port: %w", opts.Address, err)
-		}
-		serverName = host
+	roots, serverName, err := ServerTrust(opts.RootCAs, opts.RootCAFile, opts.ServerName, opts.Address)
+	if err != nil {
+		return nil, fmt.Errorf("CA client: %w", err)
 	}
 	ttl := opts.CertTTL
 	if ttl == 0 {

@@ -10,8 +10,6 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
-	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,27 +121,9 @@ func New(opts Options) (*Client, error) {
 	if opts.Store == nil {
 		return nil, errors.New("xDS client: no state store to write to")
 	}
-	roots := opts.RootCAs
-	if roots == nil {
-		if opts.RootCAFile == "" {
-			return nil, errors.New("xDS client: no root certificate file configured to verify istiod's serving certificate")
-		}
-		pemBytes, err := os.ReadFile(opts.RootCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("xDS client: reading istiod root certificate: %w", err)
-		}
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pemBytes) {
-			return nil, fmt.Errorf("xDS client: %s holds no PEM certificate", opts.RootCAFile)
-		}
-	}
-	serverName := opts.ServerName
-	if serverName == "" {
-		host, _, err := net.SplitHostPort(opts.Address)
-		if err != nil {
-			return nil, fmt.Errorf("xDS client: address %q is not host:port: %w", opts.Address, err)
-		}
-		serverName = host
+	roots, serverName, err := identity.ServerTrust(opts.RootCAs, opts.RootCAFile, opts.ServerName, opts.Address)
+	if err != nil {
+		return nil, fmt.Errorf("xDS client: %w", err)
 	}
 	if opts.InitialBackoff <= 0 {
 		opts.InitialBackoff = DefaultInitialBackoff

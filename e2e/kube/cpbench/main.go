@@ -150,7 +150,12 @@ func run(ctx context.Context, cfg config, out, progress io.Writer) error {
 	for _, s := range cfg.servers {
 		switch s {
 		case "ambit":
-			if istiodBin = cfg.istiod; istiodBin == "" {
+			if istiodBin = cfg.istiod; istiodBin != "" {
+				// The server runs in a temporary directory: resolve now.
+				if istiodBin, err = filepath.Abs(istiodBin); err != nil {
+					return err
+				}
+			} else {
 				istiodBin = filepath.Join(tmp, "istiod")
 				logf("building istiod")
 				b := exec.CommandContext(ctx, "go", "build", "-o", istiodBin, "github.com/ambit-mesh/ambit/istiod/cmd/istiod")

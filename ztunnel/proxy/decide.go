@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sort"
 	"strings"
 
 	"istio.io/istio/pkg/workloadapi"
@@ -55,6 +56,7 @@ type Workloads interface {
 	route.View
 	WorkloadByUID(uid string) *workloadapi.Workload
 	Workloads() []*workloadapi.Workload
+	ServiceByName(namespace, hostname string) *workloadapi.Service
 }
 
 var _ Workloads = (*state.View)(nil)
@@ -239,4 +241,38 @@ func addrList(w *workloadapi.Workload) string {
 		return "(none)"
 	}
 	return strings.Join(s, ",")
+}
+
+// InboundService guesses which service an inbound connection to w on port
+// was for, as Istio's ztunnel does for its destination_service labels: the
+// first of w's services (by key) that maps a port to this target port (a
+// target port 0 means the service port itself). nil when none does.
+func InboundService(v Workloads, w *workloadapi.Workload, port uint16) *workloadapi.Service {
+	if w == nil {
+		return nil
+	}
+	keys := make([]string, 0, len(w.GetServices()))
+	for k := range w.GetServices() {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		for _, p := range w.GetServices()[k].GetPorts() {
+			target := p.GetTargetPort()
+			if target == 0 {
+				target = p.GetServicePort()
+			}
+			if target != uint32(port) {
+				continue
+			}
+			ns, host, ok := strings.Cut(k, "/")
+			if !ok {
+				break
+			}
+			if svc := v.ServiceByName(ns, host); svc != nil {
+				return svc
+			}
+		}
+	}
+	return nil
 }

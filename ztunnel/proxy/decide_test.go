@@ -201,3 +201,42 @@ func TestBaggageEscapes(t *testing.T) {
 		t.Errorf("baggage %q", b)
 	}
 }
+
+func TestInboundService(t *testing.T) {
+	snap, err := state.ParseConfig([]byte(`
+workloads:
+- uid: w1
+  name: echo
+  namespace: b
+  addresses: ["10.1.0.2"]
+  serviceAccount: echo
+  services:
+    b/echo.b.svc.cluster.local: {ports: [{servicePort: 80, targetPort: 8080}]}
+    b/raw.b.svc.cluster.local: {ports: [{servicePort: 9000}]}
+    b/gone.b.svc.cluster.local: {ports: [{servicePort: 7070, targetPort: 7070}]}
+services:
+- {name: echo, namespace: b, hostname: echo.b.svc.cluster.local, addresses: [{address: "10.96.0.1"}], ports: [{servicePort: 80, targetPort: 8080}]}
+- {name: raw, namespace: b, hostname: raw.b.svc.cluster.local, addresses: [{address: "10.96.0.2"}], ports: [{servicePort: 9000}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := state.New(state.Options{})
+	if err := s.Set(snap); err != nil {
+		t.Fatal(err)
+	}
+	v := s.Load()
+	w := v.WorkloadByUID("w1")
+	for port, want := range map[uint16]string{8080: "echo", 9000: "raw", 80: "", 7070: "", 1234: ""} {
+		got := ""
+		if svc := InboundService(v, w, port); svc != nil {
+			got = svc.GetName()
+		}
+		if got != want {
+			t.Errorf("port %d: service %q, want %q", port, got, want)
+		}
+	}
+	if InboundService(v, nil, 8080) != nil {
+		t.Error("a nil workload has a service")
+	}
+}

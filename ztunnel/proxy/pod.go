@@ -510,6 +510,7 @@ func (p *PodProxy) serveInbound(cl *connLog, ic InboundConn, c net.Conn, s *hbon
 		p.opened(cl)
 		p.finish(cl)
 	}
+	mc.Service = InboundService(v, mc.Destination.Workload, ic.Dst.Port())
 	in, err := DecideInbound(v, p.pod, p.cfg.Node, p.cfg.Network, ic)
 	if err != nil {
 		fail(http.StatusNotFound, metrics.FlagDenied, "not_served", err)

@@ -160,7 +160,7 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 		return nil, fmt.Errorf("writing token file: %w", err)
 	}
 
-	ports, err := freePorts(3)
+	ports, err := FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -399,9 +399,10 @@ func httpOK(ctx context.Context, client *http.Client, url, token, want string) e
 	return nil
 }
 
-// freePorts reserves n distinct loopback ports by listening, then releases
-// them for the child processes (a lost race is retried by Start).
-func freePorts(n int) ([]int, error) {
+// FreePorts reserves n distinct loopback ports by listening, then releases
+// them for child processes. Another process may take one before the child
+// binds it: callers retry, or report the address in the start failure.
+func FreePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {

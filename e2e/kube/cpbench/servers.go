@@ -47,7 +47,7 @@ func startAmbit(ctx context.Context, c *cluster.Cluster, bin string) (*server, e
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2)
+	ports, err := cluster.FreePorts(2)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
@@ -180,25 +180,6 @@ func waitHTTP(ctx context.Context, url string, exited <-chan struct{}) error {
 		case <-tick.C:
 		}
 	}
-}
-
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free loopback port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func tailFile(path string, n int) string {

@@ -140,7 +140,7 @@ func start(ctx context.Context, c *cluster.Cluster, bin, dir string, opts Option
 	if err := os.WriteFile(networks, []byte("networks: {}\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("writing pilot's mesh networks: %w", err)
 	}
-	ports, err := freePorts(5)
+	ports, err := cluster.FreePorts(5)
 	if err != nil {
 		return nil, err
 	}
@@ -366,26 +366,4 @@ func ensureNamespace(ctx context.Context, c *cluster.Cluster, name string) error
 		return fmt.Errorf("creating namespace %s: %w", name, err)
 	}
 	return nil
-}
-
-// freePorts returns n distinct free TCP ports on 127.0.0.1. They are free
-// when returned; another process may take one before pilot binds it, which
-// then shows as a start failure naming the address.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free loopback port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

@@ -18,22 +18,11 @@ var ErrNoProcess = errors.New("no such process in the local mesh")
 // network namespaces are left as they are. Stopping a process that is not
 // running only records it as stopped.
 func (e *Engine) Stop(ctx context.Context, name string) error {
-	if err := RequirePrivileges(); err != nil {
-		return err
-	}
-	unlock, err := e.lock()
+	procs, i, unlock, err := e.lockProc(name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	procs, err := e.loadRunningProcs()
-	if err != nil {
-		return err
-	}
-	i, err := procs.find(name)
-	if err != nil {
-		return err
-	}
 	p := procs.Procs[i]
 	if p.Alive() {
 		StopProcs([]Proc{p}, e.stopGrace())
@@ -48,6 +37,25 @@ func (e *Engine) Stop(ctx context.Context, name string) error {
 	return procs.save(e.Paths.Procs())
 }
 
+// lockProc checks privileges, takes the mesh lock and finds the process
+// named name in procs.json. On success the caller must call unlock.
+func (e *Engine) lockProc(name string) (procs *procTable, i int, unlock func(), err error) {
+	if err := RequirePrivileges(); err != nil {
+		return nil, 0, nil, err
+	}
+	if unlock, err = e.lock(); err != nil {
+		return nil, 0, nil, err
+	}
+	if procs, err = e.loadRunningProcs(); err == nil {
+		i, err = procs.find(name)
+	}
+	if err != nil {
+		unlock()
+		return nil, 0, nil, err
+	}
+	return procs, i, unlock, nil
+}
+
 // Start starts again a process of the running mesh that is not running
 // (stopped with Stop, or exited): the recorded command, environment and
 // network namespace, output appended to its log. It returns once the
@@ -55,22 +63,11 @@ func (e *Engine) Stop(ctx context.Context, name string) error {
 // with it), within ReadyTimeout. Starting a
 // running process does nothing.
 func (e *Engine) Start(ctx context.Context, name string) error {
-	if err := RequirePrivileges(); err != nil {
-		return err
-	}
-	unlock, err := e.lock()
+	procs, i, unlock, err := e.lockProc(name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	procs, err := e.loadRunningProcs()
-	if err != nil {
-		return err
-	}
-	i, err := procs.find(name)
-	if err != nil {
-		return err
-	}
 	old := procs.Procs[i]
 	if old.Alive() {
 		e.progress("%s already runs (pid %d)", name, old.PID)

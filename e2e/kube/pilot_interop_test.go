@@ -10,8 +10,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -31,7 +29,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/ambit-mesh/ambit/ctl/local"
 	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
 	"github.com/ambit-mesh/ambit/e2e/kube/pilot"
 	"github.com/ambit-mesh/ambit/e2e/kube/testnode"
@@ -195,35 +192,7 @@ func newPilotMesh(t *testing.T) (*mesh, *pilot.Pilot, []byte) {
 	m.bin = filepath.Join(m.dir, "bin")
 	p := startPilot(t, c)
 	m.build(t)
-	cniBin := filepath.Join(m.dir, "cni-bin")
-	if err := local.InstallPlugins(ctx, cniBin, nil, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(m.dir, "testnode.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { logf.Close() })
-	nodes, err := testnode.Start(ctx, testnode.Options{
-		Client: c.Client, APIServer: strings.TrimPrefix(c.Server, "https://"), CAFile: c.CAFile,
-		Nodes: []string{nodeA, nodeB}, Dir: filepath.Join(m.dir, "nodes"), CNIBinDir: cniBin, BinDir: m.bin,
-		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.nodes = nodes
-	t.Cleanup(func() {
-		if t.Failed() {
-			m.dumpLogs()
-		}
-		if err := nodes.Stop(); err != nil {
-			t.Errorf("stopping the test nodes: %v", err)
-		}
-		if left, _ := netns.List(testnode.NetnsPrefix); len(left) > 0 {
-			t.Errorf("network namespaces left: %v", left)
-		}
-	})
+	nodes := m.startNodes(ctx, t)
 	if err := nodes.Forward(ctx, m.istiodAddr(), p.SecureGRPCAddr); err != nil {
 		t.Fatal(err)
 	}

@@ -91,35 +91,7 @@ func newMesh(t *testing.T) *mesh {
 		t.Fatalf("applying Istio CRDs: %v", err)
 	}
 	m.build(t)
-	cniBin := filepath.Join(m.dir, "cni-bin")
-	if err := local.InstallPlugins(ctx, cniBin, nil, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(m.dir, "testnode.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { logf.Close() })
-	nodes, err := testnode.Start(ctx, testnode.Options{
-		Client: c.Client, APIServer: strings.TrimPrefix(c.Server, "https://"), CAFile: c.CAFile,
-		Nodes: []string{nodeA, nodeB}, Dir: filepath.Join(m.dir, "nodes"), CNIBinDir: cniBin, BinDir: m.bin,
-		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.nodes = nodes
-	t.Cleanup(func() {
-		if t.Failed() {
-			m.dumpLogs()
-		}
-		if err := nodes.Stop(); err != nil {
-			t.Errorf("stopping the test nodes: %v", err)
-		}
-		if left, _ := netns.List(testnode.NetnsPrefix); len(left) > 0 {
-			t.Errorf("network namespaces left: %v", left)
-		}
-	})
+	m.startNodes(ctx, t)
 	m.createSystem(ctx)
 	m.startIstiod(ctx)
 	for _, node := range []string{nodeA, nodeB} {
@@ -352,4 +324,42 @@ func (m *mesh) dumpLogs() {
 		}
 		m.t.Logf("--- %s (tail):\n%s", filepath.Base(p), b)
 	}
+}
+
+// startNodes installs the CNI plugins and starts the test nodes node-a and
+// node-b for m (m.bin must hold the built binaries); they stop, and leave no
+// network namespace, when the test ends (dumping the logs if it failed).
+func (m *mesh) startNodes(ctx context.Context, t *testing.T) *testnode.Nodes {
+	t.Helper()
+	c := m.c
+	cniBin := filepath.Join(m.dir, "cni-bin")
+	if err := local.InstallPlugins(ctx, cniBin, nil, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(m.dir, "testnode.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	nodes, err := testnode.Start(ctx, testnode.Options{
+		Client: c.Client, APIServer: strings.TrimPrefix(c.Server, "https://"), CAFile: c.CAFile,
+		Nodes: []string{nodeA, nodeB}, Dir: filepath.Join(m.dir, "nodes"), CNIBinDir: cniBin, BinDir: m.bin,
+		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.nodes = nodes
+	t.Cleanup(func() {
+		if t.Failed() {
+			m.dumpLogs()
+		}
+		if err := nodes.Stop(); err != nil {
+			t.Errorf("stopping the test nodes: %v", err)
+		}
+		if left, _ := netns.List(testnode.NetnsPrefix); len(left) > 0 {
+			t.Errorf("network namespaces left: %v", left)
+		}
+	})
+	return nodes
 }

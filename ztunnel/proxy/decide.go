@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sort"
 	"strings"
 
 	"istio.io/istio/pkg/workloadapi"
@@ -248,16 +247,15 @@ func addrList(w *workloadapi.Workload) string {
 // first of w's services (by key) that maps a port to this target port (a
 // target port 0 means the service port itself). nil when none does.
 func InboundService(v Workloads, w *workloadapi.Workload, port uint16) *workloadapi.Service {
-	if w == nil {
-		return nil
-	}
-	keys := make([]string, 0, len(w.GetServices()))
-	for k := range w.GetServices() {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		for _, p := range w.GetServices()[k].GetPorts() {
+	// On every inbound connection: no allocation, the smallest matching key
+	// wins so the choice does not depend on map order.
+	var best string
+	var svc *workloadapi.Service
+	for k, pl := range w.GetServices() {
+		if svc != nil && k >= best {
+			continue
+		}
+		for _, p := range pl.GetPorts() {
 			target := p.GetTargetPort()
 			if target == 0 {
 				target = p.GetServicePort()
@@ -265,14 +263,13 @@ func InboundService(v Workloads, w *workloadapi.Workload, port uint16) *workload
 			if target != uint32(port) {
 				continue
 			}
-			ns, host, ok := strings.Cut(k, "/")
-			if !ok {
-				break
+			if ns, host, ok := strings.Cut(k, "/"); ok {
+				if s := v.ServiceByName(ns, host); s != nil {
+					best, svc = k, s
+				}
 			}
-			if svc := v.ServiceByName(ns, host); svc != nil {
-				return svc
-			}
+			break
 		}
 	}
-	return nil
+	return svc
 }

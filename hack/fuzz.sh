@@ -10,14 +10,14 @@ while IFS= read -r file; do
     echo "fuzz: $pkg $target for $fuzztime"
     # Go's fuzzer sometimes ends a time-bounded run with "context deadline
     # exceeded" and no failing input (the deadline hit a worker mid-input).
-    # That one case is retried once; a real failure writes its input under
+    # That one case is retried (up to three runs in all); a real failure writes its input under
     # testdata/fuzz and fails at once.
-    for attempt in 1 2; do
+    for attempt in 1 2 3; do
       out=$(mktemp)
       if go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg" 2>&1 | tee "$out"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
         rm -f "$out"; break
       fi
-      if [ "$attempt" -eq 1 ] && grep -q 'context deadline exceeded' "$out" && ! grep -q 'Failing input' "$out"; then
+      if [ "$attempt" -lt 3 ] && grep -q 'context deadline exceeded' "$out" && ! grep -q 'Failing input' "$out"; then
         echo "fuzz: $target ended on the fuzzer's own deadline without a failing input; running it once more"
         rm -f "$out"; continue
       fi

@@ -18,6 +18,7 @@ type Metrics struct {
 	closed   *prometheus.CounterVec
 	sent     *prometheus.CounterVec
 	received *prometheus.CounterVec
+	refused  *prometheus.CounterVec
 }
 
 // New returns Metrics registered in a new registry, with the Go runtime and
@@ -41,8 +42,12 @@ func New() *Metrics {
 			Name: "istio_tcp_received_bytes_total",
 			Help: "The size of total bytes received during request in case of a TCP connection.",
 		}, LabelNames),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ambit_ztunnel_refused_connections_total",
+			Help: "Connections refused before they were served: reason self_call (to one of ztunnel's own listeners), loop (dialed by ztunnel itself), limit_rate, limit_in_progress or limit_open (the pod's or source's connection limits).",
+		}, []string{"namespace", "pod", "direction", "reason"}),
 	}
-	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received,
+	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -68,6 +73,15 @@ func (m *Metrics) Closed(l Labels, sent, received int64) {
 		m.received.WithLabelValues(v...)
 	}
 }
+
+// Refused counts a connection refused before it was served (see the
+// metric's help for the reasons).
+func (m *Metrics) Refused(namespace, pod, direction, reason string) {
+	m.refused.WithLabelValues(namespace, pod, direction, reason).Inc()
+}
+
+// RefusedCounter is the counter behind Refused (for tests).
+func (m *Metrics) RefusedCounter() *prometheus.CounterVec { return m.refused }
 
 // Registry returns the registry (for tests and extra collectors).
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }

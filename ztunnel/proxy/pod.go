@@ -20,6 +20,7 @@ import (
 	"github.com/ambit-mesh/ambit/pkg/sockopt"
 	"github.com/ambit-mesh/ambit/pkg/spiffe"
 	"github.com/ambit-mesh/ambit/ztunnel/hbone"
+	"github.com/ambit-mesh/ambit/ztunnel/limit"
 	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 	"github.com/ambit-mesh/ambit/ztunnel/route"
 	"github.com/ambit-mesh/ambit/ztunnel/state"
@@ -61,6 +62,18 @@ type Config struct {
 	// ConnectTimeout bounds each upstream connect and HBONE dial; default
 	// 10s.
 	ConnectTimeout time.Duration
+	// Own are ztunnel's own endpoints, which no path forwards to; the zero
+	// value means DefaultOwnEndpoints(nil).
+	Own OwnEndpoints
+	// Sockets records the connections ztunnel dials, shared by every pod of
+	// the node, to refuse any connection ztunnel would make to itself; nil
+	// means a registry of the pod's own.
+	Sockets *OwnSockets
+	// OutboundLimits bound the pod's own outbound connections;
+	// InboundLimits bound each source address's connections into the pod
+	// (plaintext and HBONE streams together). Zero fields are unlimited;
+	// see limit.Defaults.
+	OutboundLimits, InboundLimits limit.Config
 }
 
 // Listeners are a pod's three listeners, made in its network namespace.
@@ -84,6 +97,11 @@ type PodProxy struct {
 	wg     sync.WaitGroup
 
 	cache atomic.Pointer[podView]
+
+	own      *OwnSockets
+	outLimit *limit.Limiter
+	inLimits *limit.Set[netip.Addr]
+	refusals refusalLog
 
 	mu     sync.Mutex
 	conns  map[*tracked]struct{}
@@ -157,16 +175,30 @@ func Start(cfg Config, pod Pod, ls Listeners, d Dialer) (*PodProxy, error) {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 10 * time.Second
 	}
+	if cfg.Own.PodPorts == nil && cfg.Own.NodePorts == nil {
+		cfg.Own = DefaultOwnEndpoints(cfg.Own.Addrs)
+	}
+	if cfg.Sockets == nil {
+		cfg.Sockets = NewOwnSockets()
+	}
 	id, err := pod.Identity(cfg.TrustDomain)
 	if err != nil {
 		closeLs()
 		return nil, err
 	}
+	// Plain connections (to apps and passthrough destinations) are
+	// recorded: one landing on any of ztunnel's listeners is a loop. HBONE
+	// connections are not: one pod's tunnel to another pod of the node is
+	// ztunnel at both ends by design.
 	p := &PodProxy{
-		cfg: cfg, pod: pod, id: id, ls: ls, d: d,
-		log:   cfg.Logger.With("pod", pod.Name, "namespace", pod.Namespace, "uid", pod.UID),
-		conns: map[*tracked]struct{}{},
+		cfg: cfg, pod: pod, id: id, ls: ls, d: cfg.Sockets.Dialer(d),
+		log:      cfg.Logger.With("pod", pod.Name, "namespace", pod.Namespace, "uid", pod.UID),
+		conns:    map[*tracked]struct{}{},
+		own:      cfg.Sockets,
+		outLimit: limit.New(cfg.OutboundLimits),
+		inLimits: limit.NewSet[netip.Addr](cfg.InboundLimits),
 	}
+	p.refusals = refusalLog{log: p.log, metrics: cfg.Metrics, pod: pod}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.pool, err = hbone.NewPool(hbone.PoolConfig{
 		TrustBundle: cfg.TrustBundle,
@@ -202,7 +234,7 @@ func Start(cfg Config, pod Pod, ls Listeners, d Dialer) (*PodProxy, error) {
 	p.wg.Add(3)
 	go func() { defer p.wg.Done(); p.acceptLoop(ls.Outbound, "outbound", p.serveOutbound) }()
 	go func() { defer p.wg.Done(); p.acceptLoop(ls.Inbound, "inbound", p.serveInboundPlain) }()
-	go func() { defer p.wg.Done(); _ = p.srv.Serve(ls.HBONE) }()
+	go func() { defer p.wg.Done(); _ = p.srv.Serve(guardListener{Listener: ls.HBONE, p: p}) }()
 	return p, nil
 }
 
@@ -324,8 +356,59 @@ func (p *PodProxy) acceptLoop(ln net.Listener, name string, serve func(net.Conn)
 		}
 		backoff = 0
 		p.wg.Add(1)
-		go func() { defer p.wg.Done(); serve(c) }()
+		go func() {
+			defer p.wg.Done()
+			if !p.isOwn(c, name) {
+				serve(c)
+			}
+		}()
 	}
+}
+
+// isOwn refuses (and closes) c when ztunnel itself dialed it: a loop.
+func (p *PodProxy) isOwn(c net.Conn, listener string) bool {
+	remote, local := addrOf(c.RemoteAddr()), addrOf(c.LocalAddr())
+	if !p.own.Check(remote, local) {
+		return false
+	}
+	abort(c)
+	p.refusals.refuse(listener, reasonLoop, fmt.Errorf("%w: the connection from %s to %s is ztunnel's own", ErrSelfCall, remote, local))
+	return true
+}
+
+// guardListener makes the HBONE server's connections refuse themselves
+// when ztunnel dialed them: the check runs on the connection's first Read
+// (the TLS handshake, on the connection's own goroutine), so the accept
+// loop never waits on it.
+type guardListener struct {
+	net.Listener
+	p *PodProxy
+}
+
+func (g guardListener) Accept() (net.Conn, error) {
+	c, err := g.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &guardConn{Conn: c, p: g.p}, nil
+}
+
+type guardConn struct {
+	net.Conn
+	p       *PodProxy
+	checked bool // only the connection's reader touches it
+	own     bool
+}
+
+func (g *guardConn) Read(b []byte) (int, error) {
+	if !g.checked {
+		g.checked = true
+		g.own = g.p.isOwn(g.Conn, "hbone")
+	}
+	if g.own {
+		return 0, ErrSelfCall
+	}
+	return g.Conn.Read(b)
 }
 
 // connLog is what the access-log line and the metrics say about one
@@ -392,6 +475,13 @@ func abort(c net.Conn) {
 func (p *PodProxy) serveOutbound(c net.Conn) {
 	start := time.Now()
 	client := addrOf(c.RemoteAddr())
+	ticket, err := p.outLimit.Admit()
+	if err != nil {
+		abort(c)
+		p.refusals.refuse("outbound", reasonOf(err), fmt.Errorf("outbound from %s: %w", client, err))
+		return
+	}
+	defer ticket.Done()
 	cl := &connLog{direction: "outbound", src: client.String(), srcID: &p.id, start: start, outcome: "ok"}
 	dst, err := sockopt.OriginalDst(c)
 	if err != nil {
@@ -402,6 +492,14 @@ func (p *PodProxy) serveOutbound(c net.Conn) {
 	cl.dst = dst.String()
 	v := p.view()
 	out, err := DecideOutbound(v, p.pod, p.id, p.cfg.Node, client.Addr(), dst, "")
+	if err == nil {
+		err = CheckOutbound(p.cfg.Own, v, p.cfg.Network, v.w, out)
+		if errors.Is(err, ErrSelfCall) {
+			abort(c)
+			p.refusals.refuse("outbound", reasonSelfCall, fmt.Errorf("outbound %s → %s: %w", client, dst, err))
+			return
+		}
+	}
 	srcPeer := metrics.Peer{Workload: PodWorkload(v, p.pod), Identity: &p.id, Namespace: p.pod.Namespace, Name: p.pod.Name}
 	if err != nil {
 		abort(c)
@@ -450,6 +548,7 @@ func (p *PodProxy) serveOutbound(c net.Conn) {
 		p.finish(cl)
 		return
 	}
+	ticket.Established()
 	cl.labels = metrics.Build(mc)
 	p.opened(cl)
 	t := &tracked{}
@@ -486,13 +585,27 @@ func (p *PodProxy) serveInboundPlain(c net.Conn) {
 		return
 	}
 	cl.dst = dst.String()
+	if err := CheckInbound(p.cfg.Own, dst); err != nil {
+		abort(c)
+		p.refusals.refuse("inbound", reasonSelfCall, fmt.Errorf("inbound from %s: %w", src, err))
+		return
+	}
+	ticket, err := p.inLimits.Admit(src.Addr())
+	if err != nil {
+		abort(c)
+		p.refusals.refuse("inbound", reasonOf(err), fmt.Errorf("inbound %s → %s: %w", src, dst, err))
+		return
+	}
+	defer ticket.Done()
 	ic := InboundConn{Src: src.Addr(), Dst: dst}
-	p.serveInbound(cl, ic, c, nil)
+	p.serveInbound(p.ctx, ticket, cl, ic, c, nil)
 }
 
 // serveInbound decides, dials the pod and relays for both inbound paths.
-// Exactly one of c (plaintext) and s (HBONE) is set.
-func (p *PodProxy) serveInbound(cl *connLog, ic InboundConn, c net.Conn, s *hbone.Stream) {
+// Exactly one of c (plaintext) and s (HBONE) is set. ctx ends the dial
+// (for HBONE, the stream's context: a reset stream cancels its dial);
+// ticket is the source's admission, marked established once dialed.
+func (p *PodProxy) serveInbound(ctx context.Context, ticket *limit.Ticket, cl *connLog, ic InboundConn, c net.Conn, s *hbone.Stream) {
 	v := p.view()
 	mc := metrics.Conn{Reporter: metrics.ReporterDestination, MutualTLS: s != nil,
 		Source:      metrics.Peer{Identity: ic.Peer, Workload: peerWorkload(v, ic)},
@@ -523,8 +636,10 @@ func (p *PodProxy) serveInbound(cl *connLog, ic InboundConn, c net.Conn, s *hbon
 	if len(in.Audits) > 0 {
 		p.log.Info("audit: policies matched (AUDIT or dry-run; not enforced)", "src", cl.src, "dst", cl.dst, "src_identity", idString(cl.srcID), "policies", in.Audits)
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
-	upstream, err := p.d.DialContext(ctx, "tcp", in.Target.String())
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	stop := context.AfterFunc(p.ctx, cancel) // the pod's proxy closing ends the dial too
+	upstream, err := p.d.DialContext(dctx, "tcp", in.Target.String())
+	stop()
 	cancel()
 	if err != nil {
 		fail(http.StatusServiceUnavailable, metrics.FlagConnect, "error",
@@ -538,6 +653,7 @@ func (p *PodProxy) serveInbound(cl *connLog, ic InboundConn, c net.Conn, s *hbon
 			return
 		}
 	}
+	ticket.Established()
 	cl.labels = metrics.Build(mc)
 	p.opened(cl)
 	t := &tracked{inbound: &ic}
@@ -591,19 +707,33 @@ func (h inboundHandler) Authorize(_ context.Context, req *hbone.Request) (netip.
 		return netip.AddrPort{}, fmt.Errorf("%w: pod %s has no workload in ztunnel's state yet", hbone.ErrNotServed, p.pod)
 	}
 	a := netip.AddrPortFrom(req.Authority.Addr().Unmap(), req.Authority.Port())
+	if err := CheckInbound(p.cfg.Own, a); err != nil {
+		err = fmt.Errorf("%w: %w", hbone.ErrBadRequest, err)
+		p.refusals.refuse("inbound", reasonSelfCall, fmt.Errorf("hbone from %s: %w", req.Peer, err))
+		return netip.AddrPort{}, err
+	}
 	if !hasAddr(w, a.Addr()) {
 		return netip.AddrPort{}, fmt.Errorf("%w: %s is not an address of pod %s (%s)", hbone.ErrNotServed, a, p.pod, addrList(w))
 	}
 	return a, nil
 }
 
-func (h inboundHandler) ServeHBONE(_ context.Context, s *hbone.Stream) {
+// ServeHBONE serves an authorized stream. ctx ends when the stream is reset
+// or its connection ends, which cancels the dial to the app.
+func (h inboundHandler) ServeHBONE(ctx context.Context, s *hbone.Stream) {
 	p := h.p
 	req := s.Request()
 	src := addrOf(s.RemoteAddr())
+	ticket, err := p.inLimits.Admit(src.Addr())
+	if err != nil {
+		_ = s.Reject(http.StatusServiceUnavailable, err.Error())
+		p.refusals.refuse("inbound", reasonOf(err), fmt.Errorf("hbone from %s (%s) to %s: %w", req.Peer, src, req.Target, err))
+		return
+	}
+	defer ticket.Done()
 	peer := req.Peer
 	cl := &connLog{direction: "inbound", src: src.String(), dst: req.Target.String(), start: time.Now(), outcome: "ok", route: "hbone"}
-	p.serveInbound(cl, InboundConn{Peer: &peer, Src: src.Addr(), Dst: req.Target}, nil, s)
+	p.serveInbound(ctx, ticket, cl, InboundConn{Peer: &peer, Src: src.Addr(), Dst: req.Target}, nil, s)
 }
 
 // relayConns copies both ways between the client c and upstream u with

@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/spiffe"
 	"github.com/ambit-mesh/ambit/pkg/zds"
 	"github.com/ambit-mesh/ambit/ztunnel/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/limit"
 )
 
 // Flag names. Each flag may also be set by the environment variable
@@ -39,6 +42,12 @@ const (
 	FlagPodNamespace  = "pod-namespace"
 	FlagPodIP         = "pod-ip"
 	FlagClusterID     = "cluster-id"
+	// Connection limits, per pod for its outbound connections and per
+	// source address for its inbound ones (ztunnel/limit).
+	FlagLimitInProgress = "conn-limit-in-progress"
+	FlagLimitOpen       = "conn-limit-open"
+	FlagLimitRate       = "conn-limit-rate"
+	FlagMemoryLimit     = "memory-limit"
 )
 
 // Defaults.
@@ -86,6 +95,13 @@ type Config struct {
 	// defaults to "ztunnel-<node>"; an empty PodIP is taken from the host's
 	// interfaces at start (xdsNode).
 	PodName, PodNamespace, PodIP string
+	// Limits bound each pod's outbound connections and each source's
+	// connections into a pod (limit.Defaults unless set; 0 turns a limit
+	// off).
+	Limits limit.Config
+	// MemoryLimit is the Go runtime's soft memory limit in bytes (0: none);
+	// GOMEMLIMIT in the environment wins.
+	MemoryLimit int64
 	// ClusterID is sent to the CA and xDS server as the ClusterID header
 	// and the CLUSTER_ID node metadata (Istio's CA authorizes identities
 	// requested on behalf of pods only with it).
@@ -128,6 +144,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		podNamespace  = str(FlagPodNamespace, DefaultPodNamespace, "ztunnel's pod namespace, for the xDS node ID")
 		podIP         = str(FlagPodIP, "", "ztunnel's pod IP, for the xDS node ID (default: the host's first global unicast address)")
 		clusterID     = str(FlagClusterID, DefaultClusterID, "cluster ID sent to the CA and xDS server (Istio's CLUSTER_ID)")
+		limInProgress = str(FlagLimitInProgress, strconv.Itoa(limit.Defaults.MaxInProgress), "connections in progress (accepted, not yet connected) per pod outbound and per source address inbound; 0 is unlimited")
+		limOpen       = str(FlagLimitOpen, strconv.Itoa(limit.Defaults.MaxOpen), "open connections per pod outbound and per source address inbound; 0 is unlimited")
+		limRate       = str(FlagLimitRate, strconv.FormatFloat(limit.Defaults.Rate, 'g', -1, 64), "new connections per second per pod outbound and per source address inbound (bursts of twice that); 0 is unlimited")
+		memoryLimit   = str(FlagMemoryLimit, "auto", "Go soft memory limit: bytes with an optional Ki/Mi/Gi suffix, 0 for none, or auto (90% of the cgroup's memory limit, else none); GOMEMLIMIT wins")
 	)
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
@@ -202,6 +222,28 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		if strings.Contains(v.v, "~") {
 			bad(v.name, "%q contains '~', the xDS node ID's separator", v.v)
 		}
+	}
+	cfg.Limits = limit.Config{}
+	for _, l := range []struct {
+		name, v string
+		dst     *int
+	}{{FlagLimitInProgress, *limInProgress, &cfg.Limits.MaxInProgress}, {FlagLimitOpen, *limOpen, &cfg.Limits.MaxOpen}} {
+		n, err := strconv.Atoi(l.v)
+		if err != nil || n < 0 {
+			bad(l.name, "%q is not a count of connections (0 or more)", l.v)
+			continue
+		}
+		*l.dst = n
+	}
+	if r, err := strconv.ParseFloat(*limRate, 64); err != nil || r < 0 || math.IsInf(r, 0) || math.IsNaN(r) {
+		bad(FlagLimitRate, "%q is not a rate of new connections per second (0 or more)", *limRate)
+	} else {
+		cfg.Limits.Rate, cfg.Limits.Burst = r, int(math.Ceil(2*r))
+	}
+	if ml, err := parseMemoryLimit(*memoryLimit, cgroupLimit); err != nil {
+		bad(FlagMemoryLimit, "%v", err)
+	} else {
+		cfg.MemoryLimit = ml
 	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		bad(FlagLogLevel, "%q is not one of debug, info, warn, error", *logLevel)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/zds"
+	"github.com/ambit-mesh/ambit/ztunnel/limit"
 )
 
 var localArgs = []string{
@@ -22,6 +23,8 @@ var localArgs = []string{
 func noEnv(string) string { return "" }
 
 func TestParseConfigLocalMode(t *testing.T) {
+	cgroupLimit = func() (int64, bool) { return 1000 << 20, true }
+	defer func() { cgroupLimit = cgroupMemoryLimit }()
 	cfg, err := parseConfig(localArgs, noEnv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -32,6 +35,7 @@ func TestParseConfigLocalMode(t *testing.T) {
 		TokenFile: "S/nodes/node-a/token", LocalConfig: "S/ztunnel-config.yaml", CertTTL: 24 * time.Hour,
 		MetricsAddr: ":15020", ReadinessAddr: ":15021", AdminAddr: "127.0.0.1:15000", LogLevel: slog.LevelInfo,
 		PodName: "ztunnel-node-a", PodNamespace: "istio-system", ClusterID: "Kubernetes",
+		Limits: limit.Defaults, MemoryLimit: 900 << 20,
 	}
 	if cfg != want {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -107,6 +111,14 @@ func TestParseConfigErrors(t *testing.T) {
 			}},
 		{"bad pod", append(append([]string{}, localArgs...), "--pod-ip", "node-a", "--pod-name", "a~b"),
 			[]string{`--pod-ip (AMBIT_POD_IP): "node-a" is not an IP address`, `--pod-name (AMBIT_POD_NAME): "a~b" contains '~'`}},
+		{"bad limits", append(append([]string{}, localArgs...), "--conn-limit-in-progress", "-1", "--conn-limit-open", "many",
+			"--conn-limit-rate", "NaN", "--memory-limit", "1Ti"),
+			[]string{
+				`--conn-limit-in-progress (AMBIT_CONN_LIMIT_IN_PROGRESS): "-1" is not a count`,
+				`--conn-limit-open (AMBIT_CONN_LIMIT_OPEN): "many" is not a count`,
+				`--conn-limit-rate (AMBIT_CONN_LIMIT_RATE): "NaN" is not a rate`,
+				`--memory-limit (AMBIT_MEMORY_LIMIT): "1Ti" is not auto, 0 or a size`,
+			}},
 		{"positional", append(append([]string{}, localArgs...), "extra"), []string{`unexpected argument "extra"`}},
 	}
 	for _, tt := range tests {
@@ -149,5 +161,36 @@ func TestXDSNode(t *testing.T) {
 	id, md = xdsNode(cfg)
 	if parts := strings.Split(id, "~"); len(parts) != 4 || net.ParseIP(parts[1]) == nil || md["INSTANCE_IPS"] != parts[1] {
 		t.Errorf("without --pod-ip: node ID %q, metadata %v", id, md)
+	}
+}
+
+func TestParseConfigLimits(t *testing.T) {
+	cfg, err := parseConfig(append(append([]string{}, localArgs...), "--conn-limit-in-progress", "0",
+		"--conn-limit-open", "50", "--conn-limit-rate", "2.5", "--memory-limit", "512Mi"), noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (limit.Config{MaxInProgress: 0, MaxOpen: 50, Rate: 2.5, Burst: 5}); cfg.Limits != want {
+		t.Errorf("limits %+v; want %+v", cfg.Limits, want)
+	}
+	if cfg.MemoryLimit != 512<<20 {
+		t.Errorf("memory limit %d", cfg.MemoryLimit)
+	}
+}
+
+func TestParseMemoryLimit(t *testing.T) {
+	none := func() (int64, bool) { return 0, false }
+	for in, want := range map[string]int64{"0": 0, "auto": 0, "100": 100, "2Ki": 2048, "3Mi": 3 << 20, "1Gi": 1 << 30} {
+		if got, err := parseMemoryLimit(in, none); err != nil || got != want {
+			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if got, _ := parseMemoryLimit("auto", func() (int64, bool) { return 1 << 30, true }); got != (1<<30)/10*9 {
+		t.Errorf("auto with a 1 GiB cgroup: %d", got)
+	}
+	for _, in := range []string{"-1", "x", "9999999999Gi", "1.5Gi"} {
+		if _, err := parseMemoryLimit(in, none); err == nil {
+			t.Errorf("%q accepted", in)
+		}
 	}
 }

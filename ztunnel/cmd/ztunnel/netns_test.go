@@ -254,6 +254,17 @@ func expectFail(ctx context.Context, from *podNS, dst netip.AddrPort) func() err
 	}
 }
 
+// openFiles counts this process's open descriptors (ztunnel runs in the
+// test process).
+func openFiles(t *testing.T) int {
+	t.Helper()
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(es)
+}
+
 func httpGet(url string) (int, string, error) {
 	c := &http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get(url)
@@ -497,6 +508,32 @@ func TestZtunnelNetns(t *testing.T) {
 
 	t.Run("permissive plaintext to B", func(t *testing.T) {
 		eventually(t, "C → B plaintext", 10*time.Second, expectEcho(ctx, c, toB, "pod-b"))
+	})
+
+	t.Run("no path loops ztunnel into itself", func(t *testing.T) {
+		// From outside the mesh (C) to B's own capture ports, and from A
+		// to B's ports through the tunnel: each is refused at once and
+		// counted, and ztunnel's open files stay where they were.
+		before := openFiles(t)
+		for _, tc := range []struct {
+			from *podNS
+			port uint16
+		}{{c, 15006}, {c, 15001}, {a, 15006}, {a, 15001}, {a, 15008}, {b, 15001}, {b, 15006}} {
+			dst := netip.AddrPortFrom(ipB, tc.port)
+			eventually(t, tc.from.name+" → "+dst.String()+" refused", 5*time.Second, expectFail(ctx, tc.from, dst))
+		}
+		eventually(t, "self calls counted", 5*time.Second, func() error {
+			if !hasLine(metricLines(t, z, "ambit_ztunnel_refused_connections_total"), `pod="pod-b"`, `reason="self_call"`) {
+				return errors.New("no self_call refusal counted for pod-b")
+			}
+			return nil
+		})
+		eventually(t, "ztunnel's open files back near where they were", 5*time.Second, func() error {
+			if n := openFiles(t); n > before+16 {
+				return fmt.Errorf("ztunnel holds %d open files, %d before the calls", n, before)
+			}
+			return nil
+		})
 	})
 
 	t.Run("strict B", func(t *testing.T) {

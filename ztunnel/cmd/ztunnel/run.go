@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -72,10 +73,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 		readiness.Set(admin.CondCA, nil)
 	}
 
+	applyMemoryLimit(cfg.MemoryLimit, log)
 	pods := inpod.New(inpod.Config{
 		Proxy: proxy.Config{
 			Node: cfg.Node, TrustDomain: cfg.TrustDomain, State: store, Certs: certs,
 			TrustBundle: trustBundle(fileRoots, certs.Roots), Metrics: met, Logger: log,
+			Own:            ownEndpoints(cfg),
+			Sockets:        proxy.NewOwnSockets(),
+			OutboundLimits: cfg.Limits, InboundLimits: cfg.Limits,
 		},
 		Store:      store,
 		Identities: certs,
@@ -172,6 +177,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 		}()
 	}
 	go func() { defer wg.Done(); pods.Run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); reclaimMemory(ctx, 2*time.Second, 16<<20, log) }()
 	go func() { defer wg.Done(); _ = zc.Run(ctx) }()
 	log.Info("ztunnel started", "zds_socket", cfg.ZDSSocket, "ca", cfg.CAAddr, "local_config", cfg.LocalConfig, "xds", cfg.XDSAddr,
 		"metrics", bound[0].String(), "readiness", bound[1].String(), "admin", bound[2].String())
@@ -188,6 +195,21 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	}
 	log.Info("ztunnel stopped")
 	return nil
+}
+
+// ownEndpoints are ztunnel's listeners, which no connection is forwarded
+// to: the in-pod ports, and its endpoints' ports at its own addresses.
+func ownEndpoints(cfg Config) proxy.OwnEndpoints {
+	own := proxy.DefaultOwnEndpoints(proxy.LocalAddrs(30 * time.Second))
+	own.NodePorts = nil
+	for _, a := range []string{cfg.AdminAddr, cfg.MetricsAddr, cfg.ReadinessAddr} {
+		if _, p, err := net.SplitHostPort(a); err == nil {
+			if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
+				own.NodePorts = append(own.NodePorts, uint16(n))
+			}
+		}
+	}
+	return own
 }
 
 func metricsMux(m *metrics.Metrics) http.Handler {

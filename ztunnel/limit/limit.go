@@ -20,20 +20,26 @@ const (
 	KindRate       = "rate"
 )
 
-// LimitError is a refusal: which limit, and its configured value.
+// LimitError is a refusal: which limit, its configured value, and whose
+// (the Limiter's name: "" for a party's own, e.g. "node" for a parent).
 type LimitError struct {
 	Kind  string
 	Limit float64
+	Scope string
 }
 
 func (e *LimitError) Error() string {
+	whose := ""
+	if e.Scope != "" {
+		whose = " (" + e.Scope + ")"
+	}
 	switch e.Kind {
 	case KindRate:
-		return fmt.Sprintf("%v: more than %g new connections per second", ErrLimited, e.Limit)
+		return fmt.Sprintf("%v%s: more than %g new connections per second", ErrLimited, whose, e.Limit)
 	case KindInProgress:
-		return fmt.Sprintf("%v: %g connections already in progress", ErrLimited, e.Limit)
+		return fmt.Sprintf("%v%s: %g connections already in progress", ErrLimited, whose, e.Limit)
 	default:
-		return fmt.Sprintf("%v: %g connections already open", ErrLimited, e.Limit)
+		return fmt.Sprintf("%v%s: %g connections already open", ErrLimited, whose, e.Limit)
 	}
 }
 
@@ -65,9 +71,12 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Limiter is one party's budget in use.
+// Limiter is one party's budget in use. A Limiter with a parent (a node's
+// budget shared by every party) admits only when its parent admits too.
 type Limiter struct {
 	cfg    Config
+	name   string
+	parent *Limiter
 	bucket *rate.Limiter // nil: no rate limit
 
 	mu         sync.Mutex
@@ -76,8 +85,12 @@ type Limiter struct {
 }
 
 // New returns a Limiter for cfg.
-func New(cfg Config) *Limiter {
-	l := &Limiter{cfg: cfg}
+func New(cfg Config) *Limiter { return NewChild(nil, "", cfg) }
+
+// NewChild returns a Limiter for cfg under parent (nil for none); name is
+// the Scope of its refusals.
+func NewChild(parent *Limiter, name string, cfg Config) *Limiter {
+	l := &Limiter{cfg: cfg, name: name, parent: parent}
 	if cfg.Rate > 0 {
 		burst := cfg.Burst
 		if burst <= 0 {
@@ -94,19 +107,30 @@ func (l *Limiter) Admit() (*Ticket, error) {
 }
 
 func (l *Limiter) admitAt(now time.Time) (*Ticket, error) {
+	var pt *Ticket
+	if l.parent != nil {
+		var err error
+		if pt, err = l.parent.admitAt(now); err != nil {
+			return nil, err
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.cfg.MaxInProgress > 0 && l.inProgress >= l.cfg.MaxInProgress {
-		return nil, &LimitError{KindInProgress, float64(l.cfg.MaxInProgress)}
+	var err error
+	switch {
+	case l.cfg.MaxInProgress > 0 && l.inProgress >= l.cfg.MaxInProgress:
+		err = &LimitError{KindInProgress, float64(l.cfg.MaxInProgress), l.name}
+	case l.cfg.MaxOpen > 0 && l.open+l.inProgress >= l.cfg.MaxOpen:
+		err = &LimitError{KindOpen, float64(l.cfg.MaxOpen), l.name}
+	case l.bucket != nil && !l.bucket.AllowN(now, 1):
+		err = &LimitError{KindRate, l.cfg.Rate, l.name}
 	}
-	if l.cfg.MaxOpen > 0 && l.open+l.inProgress >= l.cfg.MaxOpen {
-		return nil, &LimitError{KindOpen, float64(l.cfg.MaxOpen)}
-	}
-	if l.bucket != nil && !l.bucket.AllowN(now, 1) {
-		return nil, &LimitError{KindRate, l.cfg.Rate}
+	if err != nil {
+		pt.Done() // nil-safe
+		return nil, err
 	}
 	l.inProgress++
-	return &Ticket{l: l}, nil
+	return &Ticket{l: l, parent: pt}, nil
 }
 
 // Counts returns the connections in progress and open.
@@ -127,9 +151,10 @@ func (l *Limiter) idleAt(now time.Time) bool {
 	return l.bucket == nil || l.bucket.TokensAt(now) >= float64(l.bucket.Burst())
 }
 
-// Ticket is one admitted connection.
+// Ticket is one admitted connection (and its parent's ticket).
 type Ticket struct {
 	l           *Limiter
+	parent      *Ticket
 	established bool
 	done        bool
 }
@@ -139,6 +164,7 @@ func (t *Ticket) Established() {
 	if t == nil {
 		return
 	}
+	t.parent.Established()
 	t.l.mu.Lock()
 	defer t.l.mu.Unlock()
 	if t.established || t.done {
@@ -154,6 +180,7 @@ func (t *Ticket) Done() {
 	if t == nil {
 		return
 	}
+	t.parent.Done()
 	t.l.mu.Lock()
 	defer t.l.mu.Unlock()
 	if t.done {

@@ -112,7 +112,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestSetForgetsIdleKeys(t *testing.T) {
-	s := NewSet[string](Config{MaxInProgress: 1, Rate: 1000, Burst: 1})
+	s := NewSet[string](nil, Config{MaxInProgress: 1, Rate: 1000, Burst: 1})
 	s.sweep = 0
 	a, err := s.Admit("a")
 	if err != nil {
@@ -142,5 +142,48 @@ func TestSetForgetsIdleKeys(t *testing.T) {
 			t.Fatalf("set still holds %d keys", s.Len())
 		}
 		time.Sleep(2 * time.Millisecond) // lets the buckets refill: the condition under test is time
+	}
+}
+
+func TestParent(t *testing.T) {
+	node := NewChild(nil, "node", Config{MaxOpen: 3})
+	a := NewChild(node, "", Config{MaxOpen: 2})
+	b := NewChild(node, "", Config{MaxOpen: 2})
+	var held []*Ticket
+	for range 2 {
+		tk, err := a.Admit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tk.Established()
+		held = append(held, tk)
+	}
+	if _, err := a.Admit(); kindOf(t, err) != KindOpen {
+		t.Fatalf("a's third: %v", err)
+	}
+	tb, err := b.Admit()
+	if err != nil {
+		t.Fatalf("b's first: %v", err)
+	}
+	// The node's budget (3) is used up: b is refused by the node, and the
+	// refusal says so.
+	_, err = b.Admit()
+	var le *LimitError
+	if !errors.As(err, &le) || le.Scope != "node" || le.Kind != KindOpen {
+		t.Fatalf("b's second: %v", err)
+	}
+	if ip, op := node.Counts(); ip != 1 || op != 2 {
+		t.Fatalf("node counts %d, %d; want 1 in progress, 2 open", ip, op)
+	}
+	// A party's refusal gives the node's ticket back.
+	if ip, _ := node.Counts(); ip != 1 {
+		t.Fatalf("node in progress %d after a refusal", ip)
+	}
+	tb.Done()
+	for _, tk := range held {
+		tk.Done()
+	}
+	if ip, op := node.Counts(); ip != 0 || op != 0 {
+		t.Fatalf("node counts %d, %d after Done; want 0, 0", ip, op)
 	}
 }

@@ -10,17 +10,19 @@ import (
 // full) are forgotten on a later sweep, so a Set's size follows its active
 // parties, not every source it has ever seen.
 type Set[K comparable] struct {
-	cfg   Config
-	sweep time.Duration
+	cfg    Config
+	parent *Limiter
+	sweep  time.Duration
 
 	mu        sync.Mutex
 	m         map[K]*Limiter
 	lastSweep time.Time
 }
 
-// NewSet returns a Set whose limiters use cfg.
-func NewSet[K comparable](cfg Config) *Set[K] {
-	return &Set[K]{cfg: cfg, sweep: 10 * time.Second, m: map[K]*Limiter{}}
+// NewSet returns a Set whose limiters use cfg, each under parent (nil for
+// none).
+func NewSet[K comparable](parent *Limiter, cfg Config) *Set[K] {
+	return &Set[K]{cfg: cfg, parent: parent, sweep: 10 * time.Second, m: map[K]*Limiter{}}
 }
 
 // Admit admits a connection for key (see Limiter.Admit).
@@ -30,7 +32,7 @@ func (s *Set[K]) Admit(key K) (*Ticket, error) {
 	defer s.mu.Unlock()
 	l := s.m[key]
 	if l == nil {
-		l = New(s.cfg)
+		l = NewChild(s.parent, "", s.cfg)
 		s.m[key] = l
 	}
 	if now.Sub(s.lastSweep) >= s.sweep {

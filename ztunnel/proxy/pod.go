@@ -74,6 +74,9 @@ type Config struct {
 	// (plaintext and HBONE streams together). Zero fields are unlimited;
 	// see limit.Defaults.
 	OutboundLimits, InboundLimits limit.Config
+	// NodeLimiter, when set, is the node's budget every pod's limiters
+	// draw on too (shared by every pod of the node).
+	NodeLimiter *limit.Limiter
 }
 
 // Listeners are a pod's three listeners, made in its network namespace.
@@ -195,8 +198,8 @@ func Start(cfg Config, pod Pod, ls Listeners, d Dialer) (*PodProxy, error) {
 		log:      cfg.Logger.With("pod", pod.Name, "namespace", pod.Namespace, "uid", pod.UID),
 		conns:    map[*tracked]struct{}{},
 		own:      cfg.Sockets,
-		outLimit: limit.New(cfg.OutboundLimits),
-		inLimits: limit.NewSet[netip.Addr](cfg.InboundLimits),
+		outLimit: limit.NewChild(cfg.NodeLimiter, "", cfg.OutboundLimits),
+		inLimits: limit.NewSet[netip.Addr](cfg.NodeLimiter, cfg.InboundLimits),
 	}
 	p.refusals = refusalLog{log: p.log, metrics: cfg.Metrics, pod: pod}
 	p.ctx, p.cancel = context.WithCancel(context.Background())

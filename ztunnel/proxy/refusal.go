@@ -20,10 +20,14 @@ const (
 )
 
 // reasonOf names a limiter refusal: "limit_rate", "limit_in_progress",
-// "limit_open".
+// "limit_open" for the pod's or source's own limits, "node_limit_open" (and
+// so on) for the node's.
 func reasonOf(err error) string {
 	var le *limit.LimitError
 	if errors.As(err, &le) {
+		if le.Scope != "" {
+			return le.Scope + "_limit_" + le.Kind
+		}
 		return "limit_" + le.Kind
 	}
 	return "error"

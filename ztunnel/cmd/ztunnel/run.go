@@ -14,11 +14,14 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ambit-mesh/ambit/pkg/spiffe"
 	"github.com/ambit-mesh/ambit/pkg/zds"
 	"github.com/ambit-mesh/ambit/ztunnel/admin"
 	"github.com/ambit-mesh/ambit/ztunnel/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/inpod"
+	"github.com/ambit-mesh/ambit/ztunnel/limit"
 	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 	"github.com/ambit-mesh/ambit/ztunnel/proxy"
 	"github.com/ambit-mesh/ambit/ztunnel/state"
@@ -74,13 +77,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	}
 
 	applyMemoryLimit(cfg.MemoryLimit, log)
+	node, limits := nodeLimits(cfg.Limits, log)
 	pods := inpod.New(inpod.Config{
 		Proxy: proxy.Config{
 			Node: cfg.Node, TrustDomain: cfg.TrustDomain, State: store, Certs: certs,
 			TrustBundle: trustBundle(fileRoots, certs.Roots), Metrics: met, Logger: log,
 			Own:            ownEndpoints(cfg),
 			Sockets:        proxy.NewOwnSockets(),
-			OutboundLimits: cfg.Limits, InboundLimits: cfg.Limits,
+			OutboundLimits: limits, InboundLimits: limits,
+			NodeLimiter: node,
 		},
 		Store:      store,
 		Identities: certs,
@@ -195,6 +200,26 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	}
 	log.Info("ztunnel stopped")
 	return nil
+}
+
+// nodeLimits bounds the node's connections by ztunnel's descriptor
+// budget: a connection holds up to two descriptors (client and upstream),
+// and a fifth of the budget stays for everything else (xDS, CA, listeners
+// of every pod, endpoints), so no pod can make ztunnel run out of files.
+// One party's open connections are capped at three quarters of the node's,
+// so the others always keep a share.
+func nodeLimits(party limit.Config, log *slog.Logger) (*limit.Limiter, limit.Config) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY || rl.Cur > 1<<30 {
+		return nil, party
+	}
+	maxOpen := int(rl.Cur) * 2 / 5
+	if share := maxOpen * 3 / 4; party.MaxOpen == 0 || party.MaxOpen > share {
+		party.MaxOpen = share
+	}
+	log.Info("connection budget", "open_files_limit", rl.Cur, "node_max_connections", maxOpen,
+		"per_party_max_open", party.MaxOpen, "per_party_max_in_progress", party.MaxInProgress, "per_party_rate", party.Rate)
+	return limit.NewChild(nil, "node", limit.Config{MaxOpen: maxOpen}), party
 }
 
 // ownEndpoints are ztunnel's listeners, which no connection is forwarded

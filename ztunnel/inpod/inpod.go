@@ -10,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -50,6 +51,20 @@ type Config struct {
 	Prefetch func(id spiffe.ID)
 	// OnSnapshot, when set, is called after each ZDS snapshot is processed.
 	OnSnapshot func()
+	// NoReuseportGuard leaves in-pod listeners without the reuseport
+	// guard (see the package doc); foreign listeners are then only
+	// detected. For tests and kernels where the guard misbehaves.
+	NoReuseportGuard bool
+	// ForeignListenerInterval is how often each pod's namespace is scanned
+	// for listeners on the in-pod ports that are not this ztunnel's; zero
+	// means DefaultForeignListenerInterval, negative turns scanning off.
+	ForeignListenerInterval time.Duration
+	// OnForeignListener, when set, is called from a pod's scanner with the
+	// number of foreign listeners on port whenever it changes (including
+	// back to 0), and with 0 for each port whose last count was not 0 when
+	// the pod stops being served. Calls for one pod never overlap; calls
+	// for different pods may. It must not block.
+	OnForeignListener func(pod proxy.Pod, port int, n int)
 	// Mark and the ports default to the constants above.
 	Mark                                 uint32
 	OutboundPort, InboundPort, HBONEPort int
@@ -61,16 +76,19 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 
+	guardWarn sync.Once
+
 	mu     sync.Mutex
 	pods   map[string]*podEntry
 	closed bool
 }
 
 type podEntry struct {
-	pod   proxy.Pod
-	ns    *os.File
-	nsID  netns.ID
-	proxy *proxy.PodProxy
+	pod       proxy.Pod
+	ns        *os.File
+	nsID      netns.ID
+	proxy     *proxy.PodProxy
+	stopWatch func()
 }
 
 var _ zds.Handler = (*Manager)(nil)
@@ -91,6 +109,9 @@ func New(cfg Config) *Manager {
 	}
 	if cfg.HBONEPort == 0 {
 		cfg.HBONEPort = HBONEPort
+	}
+	if cfg.ForeignListenerInterval == 0 {
+		cfg.ForeignListenerInterval = DefaultForeignListenerInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -151,13 +172,13 @@ func (m *Manager) AddPod(ctx context.Context, w zds.WorkloadAdd) error {
 		log.Debug("pod already served; keeping its proxy")
 		return nil
 	}
-	p, err := m.start(ctx, pod, w.Netns)
+	p, own, err := m.start(ctx, pod, w.Netns)
 	if err != nil {
 		w.Netns.Close()
 		log.Error("starting pod proxy failed", "error", err)
 		return err
 	}
-	e := &podEntry{pod: pod, ns: w.Netns, nsID: nsID, proxy: p}
+	e := &podEntry{pod: pod, ns: w.Netns, nsID: nsID, proxy: p, stopWatch: m.startForeignWatch(pod, w.Netns, own)}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -179,20 +200,43 @@ func (m *Manager) AddPod(ctx context.Context, w zds.WorkloadAdd) error {
 	return nil
 }
 
-func (m *Manager) start(ctx context.Context, pod proxy.Pod, ns *os.File) (*proxy.PodProxy, error) {
+func (m *Manager) start(ctx context.Context, pod proxy.Pod, ns *os.File) (*proxy.PodProxy, []ownListener, error) {
 	s := Sockets(ns, m.cfg.Mark)
-	var ls []net.Listener
+	var (
+		ls  []net.Listener
+		own []ownListener
+	)
+	fail := func(err error) (*proxy.PodProxy, []ownListener, error) {
+		for _, l := range ls {
+			l.Close()
+		}
+		return nil, nil, err
+	}
 	for _, port := range []int{m.cfg.OutboundPort, m.cfg.InboundPort, m.cfg.HBONEPort} {
 		l, err := listen(ctx, s, port)
 		if err != nil {
-			for _, l := range ls {
-				l.Close()
-			}
-			return nil, fmt.Errorf("creating listener on port %d in pod %s: %w", port, pod, err)
+			return fail(fmt.Errorf("creating listener on port %d in pod %s: %w", port, pod, err))
 		}
 		ls = append(ls, l)
+		inode, err := socketInode(l)
+		if err != nil {
+			return fail(fmt.Errorf("reading the socket of listener %d in pod %s: %w", port, pod, err))
+		}
+		own = append(own, ownListener{port: port, inode: inode})
+		if !m.cfg.NoReuseportGuard {
+			if err := guardListener(l); err != nil {
+				m.guardWarn.Do(func() {
+					m.log.Warn("cannot guard in-pod listeners against SO_REUSEPORT squatting; foreign listeners are only detected",
+						"pod", pod.Name, "namespace", pod.Namespace, "port", port, "error", err)
+				})
+			}
+		}
 	}
-	return proxy.Start(m.cfg.Proxy, pod, proxy.Listeners{Outbound: ls[0], Inbound: ls[1], HBONE: ls[2]}, dialer{s})
+	p, err := proxy.Start(m.cfg.Proxy, pod, proxy.Listeners{Outbound: ls[0], Inbound: ls[1], HBONE: ls[2]}, dialer{s})
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, own, nil
 }
 
 // dialer adapts the pod's socket factory to proxy.Dialer.
@@ -215,6 +259,7 @@ func listen(ctx context.Context, s *netns.Sockets, port int) (net.Listener, erro
 }
 
 func (m *Manager) stop(e *podEntry) {
+	e.stopWatch()
 	e.proxy.Close()
 	e.ns.Close()
 }

@@ -1,0 +1,277 @@
+package inpod
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/pkg/netns"
+	"github.com/ambit-mesh/ambit/pkg/netns/netnstest"
+	"github.com/ambit-mesh/ambit/ztunnel/proxy"
+)
+
+// squat binds address in ns the way an app in the pod could: SO_REUSEPORT,
+// plain TCP, no mark.
+func squat(t *testing.T, ns *os.File, network, address string) net.Listener {
+	t.Helper()
+	s := netns.Sockets{NS: ns, ListenConfig: net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}}
+	s.ListenConfig.SetMultipathTCP(false)
+	ln, err := s.Listen(context.Background(), network, address)
+	if err != nil {
+		t.Fatalf("squatter binding %s: %v", address, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// drain accepts, without blocking, every connection already queued on ln
+// and returns how many there were.
+func drain(t *testing.T, ln net.Listener) int {
+	t.Helper()
+	rc, err := ln.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	_ = rc.Control(func(fd uintptr) {
+		for {
+			c, _, err := unix.Accept4(int(fd), unix.SOCK_CLOEXEC)
+			if err != nil {
+				return
+			}
+			unix.Close(c)
+			n++
+		}
+	})
+	return n
+}
+
+// connectN makes n connections from ns to address; each has completed its
+// handshake, so it sits in the accept queue of the listener the kernel
+// chose. It returns how many dials failed.
+func connectN(t *testing.T, ns *os.File, address string, n int) int {
+	t.Helper()
+	failed := 0
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err := netns.DialIn(ctx, ns, "tcp", address)
+		cancel()
+		if err != nil {
+			failed++
+			continue
+		}
+		c.Close()
+	}
+	return failed
+}
+
+// requireGuard skips (fails under CI=true) when this kernel or process
+// cannot load the reuseport guard.
+func requireGuard(t *testing.T, ns *os.File) {
+	t.Helper()
+	ln, err := listen(context.Background(), Sockets(ns, Mark), 15999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := guardListener(ln); err != nil {
+		if errors.Is(err, ErrGuardUnsupported) {
+			netnstest.SkipOrFail(t, "reuseport guard: %v", err)
+		}
+		t.Fatalf("guarding a listener: %v", err)
+	}
+}
+
+// TestReuseportGuard binds ztunnel's listener, then a squatter beside it
+// in the same SO_REUSEPORT group: with the guard every connection reaches
+// ztunnel's socket; without it the squatter takes some.
+func TestReuseportGuard(t *testing.T) {
+	ns := newNS(t, "guard")
+	requireGuard(t, ns)
+	const n = 20
+	for _, guarded := range []bool{true, false} {
+		t.Run(fmt.Sprintf("guarded=%v", guarded), func(t *testing.T) {
+			zt, err := listen(context.Background(), Sockets(ns, Mark), HBONEPort)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer zt.Close()
+			if guarded {
+				if err := guardListener(zt); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sq := squat(t, ns, "tcp", fmt.Sprintf("[::]:%d", HBONEPort))
+			failed := connectN(t, ns, fmt.Sprintf("127.0.0.1:%d", HBONEPort), n)
+			toZt, toSq := drain(t, zt), drain(t, sq)
+			t.Logf("%d connections: %d to ztunnel, %d to the squatter, %d failed", n, toZt, toSq, failed)
+			if guarded && (toZt != n || toSq != 0 || failed != 0) {
+				t.Errorf("guarded: ztunnel got %d of %d, squatter %d, %d failed; want all to ztunnel", toZt, n, toSq, failed)
+			}
+			if !guarded && toSq == 0 {
+				t.Errorf("unguarded: the squatter got none of %d (the test cannot tell guarded from unguarded)", n)
+			}
+			if guarded {
+				// Once ztunnel's listener is gone the squatter still gets
+				// nothing: the group's program drops what it cannot select.
+				zt.Close()
+				failed := connectN(t, ns, fmt.Sprintf("127.0.0.1:%d", HBONEPort), 3)
+				if got := drain(t, sq); got != 0 || failed != 3 {
+					t.Errorf("after ztunnel's listener closed: squatter got %d, %d of 3 dials failed; want 0 and 3", got, failed)
+				}
+				sq.Close()
+			}
+		})
+	}
+}
+
+// foreignEvents records OnForeignListener calls.
+type foreignEvents struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (f *foreignEvents) hook(pod proxy.Pod, port, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, fmt.Sprintf("%s %d=%d", pod.Name, port, n))
+}
+
+func (f *foreignEvents) list() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.events...)
+}
+
+// waitEvent polls until event was recorded or the deadline passes.
+func (f *foreignEvents) wait(t *testing.T, event string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		for _, e := range f.list() {
+			if e == event {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within %v; events %v", event, within, f.list())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func squatManager(t *testing.T, interval time.Duration, noGuard bool) (*Manager, *foreignEvents) {
+	t.Helper()
+	m, _ := newManager(t)
+	ev := &foreignEvents{}
+	m.cfg.ForeignListenerInterval = interval
+	m.cfg.NoReuseportGuard = noGuard
+	m.cfg.OnForeignListener = ev.hook
+	return m, ev
+}
+
+// TestManagerSquatter runs the in-pod listeners through the Manager and a
+// squatter on [::]:15008 (and one on 0.0.0.0:15001, in another SO_REUSEPORT
+// group that the guard cannot cover): prevention keeps every HBONE
+// connection on ztunnel; detection reports both squatters within the scan
+// interval, through OnForeignListener; DelPod ends the watch.
+func TestManagerSquatter(t *testing.T) {
+	const interval = 300 * time.Millisecond
+	const within = 3 * interval // one interval plus scheduling slack
+	const n = 20
+	for _, guarded := range []bool{true, false} {
+		t.Run(fmt.Sprintf("guarded=%v", guarded), func(t *testing.T) {
+			name := fmt.Sprintf("sq%v", guarded)
+			ns := newNS(t, name)
+			if guarded {
+				requireGuard(t, ns)
+			}
+			m, ev := squatManager(t, interval, !guarded)
+			if err := add(m, "u-"+name, name, "sa", open(t, prefix+name)); err != nil {
+				t.Fatal(err)
+			}
+			sq := squat(t, ns, "tcp", fmt.Sprintf("[::]:%d", HBONEPort))
+			ev.wait(t, fmt.Sprintf("%s %d=1", name, HBONEPort), within)
+
+			failed := connectN(t, ns, fmt.Sprintf("127.0.0.1:%d", HBONEPort), n)
+			toSq := drain(t, sq)
+			t.Logf("%d HBONE-port connections: %d to the squatter, %d failed", n, toSq, failed)
+			if guarded && (toSq != 0 || failed != 0) {
+				t.Errorf("guarded: squatter got %d of %d, %d failed; want 0 and 0", toSq, n, failed)
+			}
+			if !guarded && toSq == 0 {
+				t.Errorf("unguarded: squatter got none of %d", n)
+			}
+
+			// An IPv4 squatter is in a group of its own: only detected.
+			sq4 := squat(t, ns, "tcp4", fmt.Sprintf("0.0.0.0:%d", OutboundPort))
+			ev.wait(t, fmt.Sprintf("%s %d=1", name, OutboundPort), within)
+			failed = connectN(t, ns, fmt.Sprintf("127.0.0.1:%d", OutboundPort), n)
+			t.Logf("%d IPv4 connections to port %d: %d to the 0.0.0.0 squatter (not preventable by the guard), %d failed",
+				n, OutboundPort, drain(t, sq4), failed)
+			sq4.Close()
+			ev.wait(t, fmt.Sprintf("%s %d=0", name, OutboundPort), within)
+
+			if err := m.DelPod(context.Background(), "u-"+name); err != nil {
+				t.Fatal(err)
+			}
+			ev.wait(t, fmt.Sprintf("%s %d=0", name, HBONEPort), 0)
+			after := len(ev.list())
+			// The watch has ended (DelPod waits for it): the squatter is
+			// still there, yet no scan reports it again.
+			time.Sleep(within)
+			if got := ev.list(); len(got) != after {
+				t.Errorf("events after DelPod: %v", got[after:])
+			}
+		})
+	}
+}
+
+// TestReuseportGuardTakeover checks the hand-over contract: a second
+// guarded listener joining the group (a new ztunnel) takes every new
+// connection; the first keeps what it had accepted.
+func TestReuseportGuardTakeover(t *testing.T) {
+	ns := newNS(t, "takeover")
+	requireGuard(t, ns)
+	addr := fmt.Sprintf("127.0.0.1:%d", HBONEPort)
+	old, err := listen(context.Background(), Sockets(ns, Mark), HBONEPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := guardListener(old); err != nil {
+		t.Fatal(err)
+	}
+	if failed := connectN(t, ns, addr, 5); failed != 0 {
+		t.Fatalf("%d dials failed before the take-over", failed)
+	}
+	successor, err := listen(context.Background(), Sockets(ns, Mark), HBONEPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer successor.Close()
+	if err := guardListener(successor); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	failed := connectN(t, ns, addr, n)
+	toOld, toNew := drain(t, old), drain(t, successor)
+	t.Logf("old listener: %d (5 from before the take-over), successor: %d of %d, %d failed", toOld, toNew, n, failed)
+	if toOld != 5 || toNew != n || failed != 0 {
+		t.Errorf("old got %d (want the 5 from before), successor %d of %d, %d failed", toOld, toNew, n, failed)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -51,10 +52,10 @@ type Config struct {
 	Prefetch func(id spiffe.ID)
 	// OnSnapshot, when set, is called after each ZDS snapshot is processed.
 	OnSnapshot func()
-	// NoReuseportGuard leaves in-pod listeners without the reuseport
-	// guard (see the package doc); foreign listeners are then only
-	// detected. For tests and kernels where the guard misbehaves.
-	NoReuseportGuard bool
+	// NoListenerGuard leaves in-pod listeners without the eBPF guards
+	// against port squatting (see the package doc); foreign listeners are
+	// then only detected. For tests and kernels where the guards misbehave.
+	NoListenerGuard bool
 	// ForeignListenerInterval is how often each pod's namespace is scanned
 	// for listeners on the in-pod ports that are not this ztunnel's; zero
 	// means DefaultForeignListenerInterval, negative turns scanning off.
@@ -76,7 +77,7 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 
-	guardWarn sync.Once
+	lookupWarn, guardWarn sync.Once
 
 	mu     sync.Mutex
 	pods   map[string]*podEntry
@@ -88,6 +89,7 @@ type podEntry struct {
 	ns        *os.File
 	nsID      netns.ID
 	proxy     *proxy.PodProxy
+	guard     io.Closer // the namespace's SK_LOOKUP link; nil when unguarded
 	stopWatch func()
 }
 
@@ -172,13 +174,14 @@ func (m *Manager) AddPod(ctx context.Context, w zds.WorkloadAdd) error {
 		log.Debug("pod already served; keeping its proxy")
 		return nil
 	}
-	p, own, err := m.start(ctx, pod, w.Netns)
+	e, err := m.start(ctx, pod, w.Netns)
 	if err != nil {
 		w.Netns.Close()
 		log.Error("starting pod proxy failed", "error", err)
 		return err
 	}
-	e := &podEntry{pod: pod, ns: w.Netns, nsID: nsID, proxy: p, stopWatch: m.startForeignWatch(pod, w.Netns, own)}
+	e.nsID = nsID
+	p := e.proxy
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -200,17 +203,20 @@ func (m *Manager) AddPod(ctx context.Context, w zds.WorkloadAdd) error {
 	return nil
 }
 
-func (m *Manager) start(ctx context.Context, pod proxy.Pod, ns *os.File) (*proxy.PodProxy, []ownListener, error) {
+// start opens the pod's listeners, guards them and starts its proxy and
+// foreign-listener watch. The entry owns ns once start succeeds.
+func (m *Manager) start(ctx context.Context, pod proxy.Pod, ns *os.File) (*podEntry, error) {
 	s := Sockets(ns, m.cfg.Mark)
 	var (
-		ls  []net.Listener
-		own []ownListener
+		ls     []net.Listener
+		own    []ownListener
+		byPort = map[int]net.Listener{}
 	)
-	fail := func(err error) (*proxy.PodProxy, []ownListener, error) {
+	fail := func(err error) (*podEntry, error) {
 		for _, l := range ls {
 			l.Close()
 		}
-		return nil, nil, err
+		return nil, err
 	}
 	for _, port := range []int{m.cfg.OutboundPort, m.cfg.InboundPort, m.cfg.HBONEPort} {
 		l, err := listen(ctx, s, port)
@@ -218,25 +224,49 @@ func (m *Manager) start(ctx context.Context, pod proxy.Pod, ns *os.File) (*proxy
 			return fail(fmt.Errorf("creating listener on port %d in pod %s: %w", port, pod, err))
 		}
 		ls = append(ls, l)
+		byPort[port] = l
 		inode, err := socketInode(l)
 		if err != nil {
 			return fail(fmt.Errorf("reading the socket of listener %d in pod %s: %w", port, pod, err))
 		}
 		own = append(own, ownListener{port: port, inode: inode})
-		if !m.cfg.NoReuseportGuard {
-			if err := guardListener(l); err != nil {
-				m.guardWarn.Do(func() {
-					m.log.Warn("cannot guard in-pod listeners against SO_REUSEPORT squatting; foreign listeners are only detected",
-						"pod", pod.Name, "namespace", pod.Namespace, "port", port, "error", err)
-				})
-			}
-		}
+	}
+	var guard io.Closer
+	if !m.cfg.NoListenerGuard {
+		guard = m.guard(pod, ns, ls, byPort)
 	}
 	p, err := proxy.Start(m.cfg.Proxy, pod, proxy.Listeners{Outbound: ls[0], Inbound: ls[1], HBONE: ls[2]}, dialer{s})
 	if err != nil {
-		return nil, nil, err
+		if guard != nil {
+			guard.Close()
+		}
+		return nil, err
 	}
-	return p, own, nil
+	return &podEntry{pod: pod, ns: ns, proxy: p, guard: guard, stopWatch: m.startForeignWatch(pod, ns, own)}, nil
+}
+
+// guard protects the pod's listeners against squatting: the namespace's
+// SK_LOOKUP program when the kernel allows it (its link is returned), else
+// an SK_REUSEPORT program per listener, else nothing. Each fallback is
+// logged once per Manager.
+func (m *Manager) guard(pod proxy.Pod, ns *os.File, ls []net.Listener, byPort map[int]net.Listener) io.Closer {
+	link, err := guardNamespace(ns, byPort)
+	if err == nil {
+		return link
+	}
+	m.lookupWarn.Do(func() {
+		m.log.Warn("cannot attach the SK_LOOKUP guard to pod namespaces; guarding only each listener's SO_REUSEPORT group (squatters on 0.0.0.0 or a specific address are only detected)",
+			"pod", pod.Name, "namespace", pod.Namespace, "error", err)
+	})
+	for _, l := range ls {
+		if err := guardListener(l); err != nil {
+			m.guardWarn.Do(func() {
+				m.log.Warn("cannot guard in-pod listeners against port squatting; foreign listeners are only detected",
+					"pod", pod.Name, "namespace", pod.Namespace, "error", err)
+			})
+		}
+	}
+	return nil
 }
 
 // dialer adapts the pod's socket factory to proxy.Dialer.
@@ -261,6 +291,9 @@ func listen(ctx context.Context, s *netns.Sockets, port int) (net.Listener, erro
 func (m *Manager) stop(e *podEntry) {
 	e.stopWatch()
 	e.proxy.Close()
+	if e.guard != nil {
+		e.guard.Close()
+	}
 	e.ns.Close()
 }
 

@@ -11,10 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrGuardUnsupported wraps the kernel's refusal to load or attach the
-// reuseport guard (no CAP_BPF or CAP_SYS_ADMIN, no SK_REUSEPORT program
-// type, ...).
-var ErrGuardUnsupported = errors.New("reuseport guard unavailable (needs CAP_BPF and BPF_PROG_TYPE_SK_REUSEPORT)")
+// ErrGuardUnsupported wraps the kernel's refusal to load or attach a
+// listener guard (no CAP_BPF or CAP_NET_ADMIN, no SK_LOOKUP or SK_REUSEPORT
+// program type, ...).
+var ErrGuardUnsupported = errors.New("listener guard unavailable (needs CAP_BPF and CAP_NET_ADMIN, and a kernel with SK_LOOKUP or SK_REUSEPORT programs)")
 
 // guardListener attaches to ln's SO_REUSEPORT group a program that hands
 // every new connection to ln and to no other socket of the group; when ln

@@ -62,7 +62,9 @@ func drain(t *testing.T, ln net.Listener) int {
 
 // connectN makes n connections from ns to address; each has completed its
 // handshake, so it sits in the accept queue of the listener the kernel
-// chose. It returns how many dials failed.
+// chose. It returns how many dials failed, not counting resets: ztunnel's
+// proxy resets connections that were not redirected, sometimes before the
+// dial returns.
 func connectN(t *testing.T, ns *os.File, address string, n int) int {
 	t.Helper()
 	failed := 0
@@ -70,6 +72,9 @@ func connectN(t *testing.T, ns *os.File, address string, n int) int {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		c, err := netns.DialIn(ctx, ns, "tcp", address)
 		cancel()
+		if errors.Is(err, unix.ECONNRESET) {
+			continue
+		}
 		if err != nil {
 			failed++
 			continue
@@ -80,19 +85,31 @@ func connectN(t *testing.T, ns *os.File, address string, n int) int {
 }
 
 // requireGuard skips (fails under CI=true) when this kernel or process
-// cannot load the reuseport guard.
+// cannot load both guards.
 func requireGuard(t *testing.T, ns *os.File) {
 	t.Helper()
-	ln, err := listen(context.Background(), Sockets(ns, Mark), 15999)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	if err := guardListener(ln); err != nil {
+	check := func(what string, err error) {
+		t.Helper()
 		if errors.Is(err, ErrGuardUnsupported) {
-			netnstest.SkipOrFail(t, "reuseport guard: %v", err)
+			netnstest.SkipOrFail(t, "%s: %v", what, err)
 		}
-		t.Fatalf("guarding a listener: %v", err)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	for _, reuseport := range []bool{true, false} {
+		ln, err := listen(context.Background(), Sockets(ns, Mark), 15999)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reuseport {
+			check("reuseport guard", guardListener(ln))
+		} else {
+			l, err := guardNamespace(ns, map[int]net.Listener{15999: ln})
+			check("SK_LOOKUP guard", err)
+			l.Close()
+		}
+		ln.Close()
 	}
 }
 
@@ -179,20 +196,28 @@ func squatManager(t *testing.T, interval time.Duration, noGuard bool) (*Manager,
 	m, _ := newManager(t)
 	ev := &foreignEvents{}
 	m.cfg.ForeignListenerInterval = interval
-	m.cfg.NoReuseportGuard = noGuard
+	m.cfg.NoListenerGuard = noGuard
 	m.cfg.OnForeignListener = ev.hook
 	return m, ev
 }
 
-// TestManagerSquatter runs the in-pod listeners through the Manager and a
-// squatter on [::]:15008 (and one on 0.0.0.0:15001, in another SO_REUSEPORT
-// group that the guard cannot cover): prevention keeps every HBONE
-// connection on ztunnel; detection reports both squatters within the scan
-// interval, through OnForeignListener; DelPod ends the watch.
+// TestManagerSquatter runs the in-pod listeners through the Manager and
+// squatters beside them, each bound with SO_REUSEPORT by an app in the pod:
+// [::]:15008 (joins ztunnel's SO_REUSEPORT group), 0.0.0.0:15001 (an IPv4
+// group of its own, which the kernel prefers for IPv4) and 127.0.0.1:15006
+// (a specific address, preferred over wildcards). Guarded, every
+// connection reaches ztunnel; unguarded, each squatter takes some.
+// Detection reports each squatter within the scan interval through
+// OnForeignListener, and DelPod ends the watch.
 func TestManagerSquatter(t *testing.T) {
 	const interval = 300 * time.Millisecond
 	const within = 3 * interval // one interval plus scheduling slack
 	const n = 20
+	squatters := []struct{ network, address string }{
+		{"tcp", fmt.Sprintf("[::]:%d", HBONEPort)},
+		{"tcp4", fmt.Sprintf("0.0.0.0:%d", OutboundPort)},
+		{"tcp4", fmt.Sprintf("127.0.0.1:%d", InboundPort)},
+	}
 	for _, guarded := range []bool{true, false} {
 		t.Run(fmt.Sprintf("guarded=%v", guarded), func(t *testing.T) {
 			name := fmt.Sprintf("sq%v", guarded)
@@ -204,35 +229,38 @@ func TestManagerSquatter(t *testing.T) {
 			if err := add(m, "u-"+name, name, "sa", open(t, prefix+name)); err != nil {
 				t.Fatal(err)
 			}
-			sq := squat(t, ns, "tcp", fmt.Sprintf("[::]:%d", HBONEPort))
+			var ports []int
+			for _, sq := range squatters {
+				ln := squat(t, ns, sq.network, sq.address)
+				port := ln.Addr().(*net.TCPAddr).Port
+				ports = append(ports, port)
+				ev.wait(t, fmt.Sprintf("%s %d=1", name, port), within)
+
+				failed := connectN(t, ns, fmt.Sprintf("127.0.0.1:%d", port), n)
+				toSq := drain(t, ln)
+				t.Logf("squatter on %s: %d of %d connections, %d failed", sq.address, toSq, n, failed)
+				if guarded && (toSq != 0 || failed != 0) {
+					t.Errorf("guarded: squatter on %s got %d of %d, %d failed; want 0 and 0", sq.address, toSq, n, failed)
+				}
+				if !guarded && toSq == 0 {
+					t.Errorf("unguarded: squatter on %s got none of %d (the test cannot tell guarded from unguarded)", sq.address, n)
+				}
+			}
+			// A squatter that leaves is reported gone.
+			last := squat(t, ns, "tcp6", fmt.Sprintf("[::1]:%d", HBONEPort))
+			ev.wait(t, fmt.Sprintf("%s %d=2", name, HBONEPort), within)
+			last.Close()
 			ev.wait(t, fmt.Sprintf("%s %d=1", name, HBONEPort), within)
-
-			failed := connectN(t, ns, fmt.Sprintf("127.0.0.1:%d", HBONEPort), n)
-			toSq := drain(t, sq)
-			t.Logf("%d HBONE-port connections: %d to the squatter, %d failed", n, toSq, failed)
-			if guarded && (toSq != 0 || failed != 0) {
-				t.Errorf("guarded: squatter got %d of %d, %d failed; want 0 and 0", toSq, n, failed)
-			}
-			if !guarded && toSq == 0 {
-				t.Errorf("unguarded: squatter got none of %d", n)
-			}
-
-			// An IPv4 squatter is in a group of its own: only detected.
-			sq4 := squat(t, ns, "tcp4", fmt.Sprintf("0.0.0.0:%d", OutboundPort))
-			ev.wait(t, fmt.Sprintf("%s %d=1", name, OutboundPort), within)
-			failed = connectN(t, ns, fmt.Sprintf("127.0.0.1:%d", OutboundPort), n)
-			t.Logf("%d IPv4 connections to port %d: %d to the 0.0.0.0 squatter (not preventable by the guard), %d failed",
-				n, OutboundPort, drain(t, sq4), failed)
-			sq4.Close()
-			ev.wait(t, fmt.Sprintf("%s %d=0", name, OutboundPort), within)
 
 			if err := m.DelPod(context.Background(), "u-"+name); err != nil {
 				t.Fatal(err)
 			}
-			ev.wait(t, fmt.Sprintf("%s %d=0", name, HBONEPort), 0)
+			for _, port := range ports {
+				ev.wait(t, fmt.Sprintf("%s %d=0", name, port), 0)
+			}
 			after := len(ev.list())
-			// The watch has ended (DelPod waits for it): the squatter is
-			// still there, yet no scan reports it again.
+			// The watch has ended (DelPod waits for it): the squatters are
+			// still there, yet no scan reports them again.
 			time.Sleep(within)
 			if got := ev.list(); len(got) != after {
 				t.Errorf("events after DelPod: %v", got[after:])
@@ -274,4 +302,54 @@ func TestReuseportGuardTakeover(t *testing.T) {
 	if toOld != 5 || toNew != n || failed != 0 {
 		t.Errorf("old got %d (want the 5 from before), successor %d of %d, %d failed", toOld, toNew, n, failed)
 	}
+}
+
+// TestNamespaceGuardTakeover checks the SK_LOOKUP guard's hand-over: the
+// program attached last (a new ztunnel) takes every new connection,
+// SO_REUSEPORT siblings included; once its listener or its link is gone,
+// the earlier one serves again.
+func TestNamespaceGuardTakeover(t *testing.T) {
+	ns := newNS(t, "nstakeover")
+	requireGuard(t, ns)
+	addr := fmt.Sprintf("127.0.0.1:%d", HBONEPort)
+	const n = 10
+	bind := func() net.Listener {
+		t.Helper()
+		ln, err := listen(context.Background(), Sockets(ns, Mark), HBONEPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln
+	}
+	old := bind()
+	oldLink, err := guardNamespace(ns, map[int]net.Listener{HBONEPort: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oldLink.Close()
+	successor := bind()
+	newLink, err := guardNamespace(ns, map[int]net.Listener{HBONEPort: successor})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect := func(step string, wantOld, wantNew int) {
+		t.Helper()
+		failed := connectN(t, ns, addr, n)
+		gotOld, gotNew := drain(t, old), drain(t, successor)
+		if gotOld != wantOld || gotNew != wantNew || failed != 0 {
+			t.Errorf("%s: old %d, successor %d, %d failed; want %d, %d, 0", step, gotOld, gotNew, failed, wantOld, wantNew)
+		}
+	}
+	expect("both attached", 0, n)
+	newLink.Close()
+	expect("successor's link closed", n, 0)
+	newLink, err = guardNamespace(ns, map[int]net.Listener{HBONEPort: successor})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer newLink.Close()
+	expect("successor attached again", 0, n)
+	successor.Close()
+	expect("successor's listener closed", n, 0)
 }

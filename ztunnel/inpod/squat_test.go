@@ -353,3 +353,33 @@ func TestNamespaceGuardTakeover(t *testing.T) {
 	successor.Close()
 	expect("successor's listener closed", n, 0)
 }
+
+// TestForeignScan runs one scan over a namespace holding ztunnel's own
+// listener, another ztunnel's (marked) and a squatter's: only the squatter
+// is foreign.
+func TestForeignScan(t *testing.T) {
+	ns := newNS(t, "scan")
+	own, err := listen(context.Background(), Sockets(ns, Mark), HBONEPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	peer, err := listen(context.Background(), Sockets(ns, Mark), HBONEPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	sq := squat(t, ns, "tcp4", fmt.Sprintf("0.0.0.0:%d", HBONEPort))
+	inode, err := socketInode(own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ev := squatManager(t, time.Hour, true)
+	stop := m.startForeignWatch(proxy.Pod{Name: "scan"}, ns, []ownListener{{port: HBONEPort, inode: inode}})
+	ev.wait(t, fmt.Sprintf("scan %d=1", HBONEPort), 5*time.Second) // the first scan runs at once
+	stop()
+	if got, want := ev.list(), []string{fmt.Sprintf("scan %d=1", HBONEPort), fmt.Sprintf("scan %d=0", HBONEPort)}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("events %v, want %v (the marked listener is not foreign; stop resets the count)", got, want)
+	}
+	sq.Close()
+}

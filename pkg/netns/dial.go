@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -109,9 +110,7 @@ func dialTCP(ctx context.Context, ns *os.File, d *net.Dialer, network, address s
 
 // waitConnected waits in the poller until the connect in progress on f
 // ends, ctx is done or deadline passes.
-func waitConnected(ctx context.Context, f *os.File, rc interface {
-	Write(func(uintptr) bool) error
-}, deadline time.Time) error {
+func waitConnected(ctx context.Context, f *os.File, rc syscall.RawConn, deadline time.Time) error {
 	if !deadline.IsZero() {
 		if err := f.SetWriteDeadline(deadline); err != nil {
 			return err
@@ -227,9 +226,7 @@ func sockaddrOf(ap netip.AddrPort) unix.Sockaddr {
 	return sa
 }
 
-func bindLocal(rc interface {
-	Control(func(uintptr)) error
-}, family int, la net.Addr) error {
+func bindLocal(rc syscall.RawConn, family int, la net.Addr) error {
 	ta, ok := la.(*net.TCPAddr)
 	if !ok {
 		return fmt.Errorf("local address %v is a %T, want *net.TCPAddr", la, la)

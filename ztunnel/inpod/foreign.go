@@ -128,7 +128,7 @@ func (w *foreignWatch) scan(timeout time.Duration) {
 		counts[port]++
 		seen[l.Inode] = true
 		if !w.seen[l.Inode] {
-			w.log.Error("foreign listener on a ztunnel port in the pod: another process may receive the pod's mesh traffic; find it by socket inode (ss -ltpe) and stop it",
+			w.log.Error("foreign listener on a ztunnel port in the pod: another process may receive the pod's mesh traffic; find its process by the socket inode (ss -ltpe in the pod's network namespace) and stop it",
 				"port", port, "address", l.Addr.String(), "inode", l.Inode, "socket_uid", l.UID)
 		}
 	}

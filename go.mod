@@ -3,6 +3,7 @@ module github.com/ambit-mesh/ambit
 go 1.26.0
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	k8s.io/api v0.37.2
 	k8s.io/apimachinery v0.37.2
 	k8s.io/client-go v0.37.2

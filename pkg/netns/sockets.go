@@ -17,7 +17,9 @@ type Sockets struct {
 	Dialer       net.Dialer
 }
 
-// Listen creates a stream listener in s.NS.
+// Listen creates a stream listener in s.NS. It runs s.ListenConfig.Listen
+// inside Do: socket, bind and listen do not block, so the thread is held
+// only for the call.
 func (s *Sockets) Listen(ctx context.Context, network, address string) (net.Listener, error) {
 	var ln net.Listener
 	err := Do(s.NS, func() error {
@@ -45,20 +47,39 @@ func (s *Sockets) ListenPacket(ctx context.Context, network, address string) (ne
 	return pc, nil
 }
 
-// Dial connects from s.NS. The whole dial, connect included, runs on the
-// thread switched into s.NS, so it holds that thread until ctx or the
-// Dialer's timeout ends it. address should hold a literal IP: a name would
-// be resolved by resolver goroutines in the caller's namespace. Dial turns
-// off Happy Eyeballs, whose parallel attempts would run on other threads.
+// Dial connects from s.NS.
+//
+// For "tcp", "tcp4" and "tcp6" the socket is created in s.NS by the
+// package's small pool of namespace-switching threads (see Socket) and
+// connected on the caller's goroutine without holding any OS thread while
+// the connect is in progress, so concurrent dials cost no threads. address
+// must be a literal IP:port (ErrNotLiteralIP otherwise). s.Dialer's
+// Control or ControlContext runs on the socket before it connects;
+// Timeout, Deadline, LocalAddr and the keep-alive settings apply; the
+// resolver and Happy Eyeballs settings do not. Errors match what
+// net.Dialer returns: errors.Is finds the connect errno (ECONNREFUSED),
+// context.Canceled, or context.DeadlineExceeded and os.ErrDeadlineExceeded
+// on a timeout; the connection is a *net.TCPConn.
+//
+// Other networks ("udp", "unix", ...) never block in connect and run the
+// whole net.Dialer dial inside Do.
 func (s *Sockets) Dial(ctx context.Context, network, address string) (net.Conn, error) {
-	d := s.Dialer
-	d.FallbackDelay = -1
-	var c net.Conn
-	err := Do(s.NS, func() error {
-		var err error
-		c, err = d.DialContext(ctx, network, address)
-		return err
-	})
+	var (
+		c   net.Conn
+		err error
+	)
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+		c, err = dialTCP(ctx, s.NS, &s.Dialer, network, address)
+	default:
+		d := s.Dialer
+		d.FallbackDelay = -1
+		err = Do(s.NS, func() error {
+			var err error
+			c, err = d.DialContext(ctx, network, address)
+			return err
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s %s from network namespace %s: %w", network, address, s.NS.Name(), err)
 	}

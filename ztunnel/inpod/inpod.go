@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"sort"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -50,6 +52,20 @@ type Config struct {
 	Prefetch func(id spiffe.ID)
 	// OnSnapshot, when set, is called after each ZDS snapshot is processed.
 	OnSnapshot func()
+	// NoListenerGuard leaves in-pod listeners without the eBPF guards
+	// against port squatting (see the package doc); foreign listeners are
+	// then only detected. For tests and kernels where the guards misbehave.
+	NoListenerGuard bool
+	// ForeignListenerInterval is how often each pod's namespace is scanned
+	// for listeners on the in-pod ports that are not this ztunnel's; zero
+	// means DefaultForeignListenerInterval, negative turns scanning off.
+	ForeignListenerInterval time.Duration
+	// OnForeignListener, when set, is called from a pod's scanner with the
+	// number of foreign listeners on port whenever it changes (including
+	// back to 0), and with 0 for each port whose last count was not 0 when
+	// the pod stops being served. Calls for one pod never overlap; calls
+	// for different pods may. It must not block.
+	OnForeignListener func(pod proxy.Pod, port int, n int)
 	// Mark and the ports default to the constants above.
 	Mark                                 uint32
 	OutboundPort, InboundPort, HBONEPort int
@@ -61,16 +77,20 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 
+	lookupWarn, guardWarn sync.Once
+
 	mu     sync.Mutex
 	pods   map[string]*podEntry
 	closed bool
 }
 
 type podEntry struct {
-	pod   proxy.Pod
-	ns    *os.File
-	nsID  netns.ID
-	proxy *proxy.PodProxy
+	pod       proxy.Pod
+	ns        *os.File
+	nsID      netns.ID
+	proxy     *proxy.PodProxy
+	guard     io.Closer // the namespace's SK_LOOKUP link; nil when unguarded
+	stopWatch func()
 }
 
 var _ zds.Handler = (*Manager)(nil)
@@ -91,6 +111,9 @@ func New(cfg Config) *Manager {
 	}
 	if cfg.HBONEPort == 0 {
 		cfg.HBONEPort = HBONEPort
+	}
+	if cfg.ForeignListenerInterval == 0 {
+		cfg.ForeignListenerInterval = DefaultForeignListenerInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -151,13 +174,14 @@ func (m *Manager) AddPod(ctx context.Context, w zds.WorkloadAdd) error {
 		log.Debug("pod already served; keeping its proxy")
 		return nil
 	}
-	p, err := m.start(ctx, pod, w.Netns)
+	e, err := m.start(ctx, pod, w.Netns)
 	if err != nil {
 		w.Netns.Close()
 		log.Error("starting pod proxy failed", "error", err)
 		return err
 	}
-	e := &podEntry{pod: pod, ns: w.Netns, nsID: nsID, proxy: p}
+	e.nsID = nsID
+	p := e.proxy
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -179,20 +203,70 @@ func (m *Manager) AddPod(ctx context.Context, w zds.WorkloadAdd) error {
 	return nil
 }
 
-func (m *Manager) start(ctx context.Context, pod proxy.Pod, ns *os.File) (*proxy.PodProxy, error) {
+// start opens the pod's listeners, guards them and starts its proxy and
+// foreign-listener watch. The entry owns ns once start succeeds.
+func (m *Manager) start(ctx context.Context, pod proxy.Pod, ns *os.File) (*podEntry, error) {
 	s := Sockets(ns, m.cfg.Mark)
-	var ls []net.Listener
+	var (
+		ls     []net.Listener
+		own    []ownListener
+		byPort = map[int]net.Listener{}
+	)
+	fail := func(err error) (*podEntry, error) {
+		for _, l := range ls {
+			l.Close()
+		}
+		return nil, err
+	}
 	for _, port := range []int{m.cfg.OutboundPort, m.cfg.InboundPort, m.cfg.HBONEPort} {
 		l, err := listen(ctx, s, port)
 		if err != nil {
-			for _, l := range ls {
-				l.Close()
-			}
-			return nil, fmt.Errorf("creating listener on port %d in pod %s: %w", port, pod, err)
+			return fail(fmt.Errorf("creating listener on port %d in pod %s: %w", port, pod, err))
 		}
 		ls = append(ls, l)
+		byPort[port] = l
+		inode, err := socketInode(l)
+		if err != nil {
+			return fail(fmt.Errorf("reading the socket of listener %d in pod %s: %w", port, pod, err))
+		}
+		own = append(own, ownListener{port: port, inode: inode})
 	}
-	return proxy.Start(m.cfg.Proxy, pod, proxy.Listeners{Outbound: ls[0], Inbound: ls[1], HBONE: ls[2]}, dialer{s})
+	var guard io.Closer
+	if !m.cfg.NoListenerGuard {
+		guard = m.guard(pod, ns, ls, byPort)
+	}
+	p, err := proxy.Start(m.cfg.Proxy, pod, proxy.Listeners{Outbound: ls[0], Inbound: ls[1], HBONE: ls[2]}, dialer{s})
+	if err != nil {
+		if guard != nil {
+			guard.Close()
+		}
+		return nil, err
+	}
+	return &podEntry{pod: pod, ns: ns, proxy: p, guard: guard, stopWatch: m.startForeignWatch(pod, ns, own)}, nil
+}
+
+// guard protects the pod's listeners against squatting: the namespace's
+// SK_LOOKUP program when the kernel allows it (its link is returned), else
+// an SK_REUSEPORT program per listener, else nothing. Each fallback is
+// logged once per Manager.
+func (m *Manager) guard(pod proxy.Pod, ns *os.File, ls []net.Listener, byPort map[int]net.Listener) io.Closer {
+	link, err := guardNamespace(ns, byPort)
+	if err == nil {
+		return link
+	}
+	m.lookupWarn.Do(func() {
+		m.log.Warn("cannot attach the SK_LOOKUP guard to pod namespaces; guarding only each listener's SO_REUSEPORT group (squatters on 0.0.0.0 or a specific address are only detected)",
+			"pod", pod.Name, "namespace", pod.Namespace, "error", err)
+	})
+	for _, l := range ls {
+		if err := guardListener(l); err != nil {
+			m.guardWarn.Do(func() {
+				m.log.Warn("cannot guard in-pod listeners against port squatting; foreign listeners are only detected",
+					"pod", pod.Name, "namespace", pod.Namespace, "error", err)
+			})
+		}
+	}
+	return nil
 }
 
 // dialer adapts the pod's socket factory to proxy.Dialer.
@@ -215,7 +289,11 @@ func listen(ctx context.Context, s *netns.Sockets, port int) (net.Listener, erro
 }
 
 func (m *Manager) stop(e *podEntry) {
+	e.stopWatch()
 	e.proxy.Close()
+	if e.guard != nil {
+		e.guard.Close()
+	}
 	e.ns.Close()
 }
 

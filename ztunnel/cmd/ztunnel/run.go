@@ -78,6 +78,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 
 	applyMemoryLimit(cfg.MemoryLimit, log)
 	node, limits := nodeLimits(cfg.Limits, log)
+	foreign := metrics.NewForeignListeners(met.Registry())
 	pods := inpod.New(inpod.Config{
 		Proxy: proxy.Config{
 			Node: cfg.Node, TrustDomain: cfg.TrustDomain, State: store, Certs: certs,
@@ -91,7 +92,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 		Identities: certs,
 		Prefetch:   prefetch,
 		OnSnapshot: func() { readiness.Set(admin.CondZDS, nil) },
-		Logger:     log,
+		OnForeignListener: func(p proxy.Pod, port, n int) {
+			foreign.Set(p.Name, p.Namespace, port, n)
+		},
+		Logger: log,
 	})
 	readiness.Set(admin.CondZDS, errors.New("ZDS snapshot from the node agent at "+cfg.ZDSSocket+" not processed yet"))
 	if cfg.LocalConfig != "" {

@@ -450,15 +450,21 @@ func TestResetFloodGoAway(t *testing.T) {
 
 	var ok, failed atomic.Int64
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() { // the bystander
+	var bystander, attacks sync.WaitGroup
+	stopBystander := sync.OnceFunc(func() {
+		close(stop)
+		bystander.Wait()
+	})
+	defer stopBystander()
+	ctx := testCtx(t)
+	bystander.Go(func() {
 		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			s, err := e.pool.Dial(testCtx(t), e.key, e.target, Headers{})
+			s, err := e.pool.Dial(ctx, e.key, e.target, Headers{})
 			if err == nil {
 				err = echoOnce(s, 1024)
 				s.Close()
@@ -478,7 +484,7 @@ func TestResetFloodGoAway(t *testing.T) {
 	}
 	start := time.Now()
 	for i, a := range attackers {
-		wg.Go(func() {
+		attacks.Go(func() {
 			sent := a.rapidReset(e.target, 1_000_000)
 			if err := a.awaitGoAway(http2.ErrCodeEnhanceYourCalm); err != nil {
 				t.Errorf("attacker %d: %v", i, err)
@@ -490,8 +496,8 @@ func TestResetFloodGoAway(t *testing.T) {
 	// The bystander keeps going a little after the attack.
 	before := ok.Load()
 	waitFor(t, "bystander round trips after the attack", func() bool { return ok.Load() >= before+20 })
-	close(stop)
-	wg.Wait()
+	stopBystander()
+	attacks.Wait()
 	t.Logf("bystander: %d round trips, %d failed; limits: %v", ok.Load(), failed.Load(), lim)
 	if failed.Load() != 0 {
 		t.Fatalf("%d bystander calls failed", failed.Load())

@@ -22,12 +22,13 @@ import (
 // Both methods get the stream's context. It is cancelled as soon as the
 // stream is over for the server: the peer reset it (RST_STREAM), both
 // directions ended, the server reset it, the connection closed (peer EOF,
-// read or write error, GOAWAY with an error code, keep-alive failure), or
-// the server was closed. Methods must return promptly once it is done and
-// pass it to everything they wait on (dials above all): until Authorize and
+// read or write error, GOAWAY with an error code), or the server was
+// closed. Methods must return promptly once it is done and pass it to
+// everything they wait on (dials above all): until Authorize and
 // ServeHBONE have returned, the stream keeps its slot in the connection's
-// MaxConcurrentStreams, so a handler that ignores ctx lets a peer that
-// resets its streams hold work the server cannot bound.
+// MaxConcurrentStreams, so handlers that ignore ctx keep their work going
+// after the peer has gone and, once MaxConcurrentStreams of them pile up,
+// make the connection refuse every new stream.
 type Handler interface {
 	// Authorize decides whether this node serves req and returns the
 	// address to connect the stream to. An error refuses the stream: one

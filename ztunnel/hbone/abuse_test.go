@@ -376,8 +376,10 @@ func TestRapidResetBoundedAndCancelled(t *testing.T) {
 				}
 			}
 			d.mu.Unlock()
+			// The delay includes the server's backlog of frames ahead of the
+			// RST_STREAM; a loaded 2-core machine under -race shows < 1s.
 			t.Logf("worst delay from RST_STREAM sent to handler ctx done: %v", worst)
-			if worst > 2*time.Second {
+			if worst > 5*time.Second {
 				t.Errorf("a handler saw its stream's reset after %v", worst)
 			}
 			if n := lim.get(LimitRefusedStream); n != refused {

@@ -3,6 +3,7 @@ package hbone
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,7 @@ type conn struct {
 	ctrlMu          sync.Mutex
 	ctrl, ctrlSpare []ctrlFrame
 	kick            chan struct{}
+	ctrlOverflow    atomic.Bool // the control queue overflowed once
 
 	mu             sync.Mutex
 	sendCond       sync.Cond // on mu: send windows changed, stream or conn ended
@@ -59,12 +61,14 @@ type conn struct {
 	peerMaxStreams uint32
 	maxStreams     uint32 // advertised limit on peer-initiated streams (server)
 	active         int    // open streams
+	inflight       int    // server: peer-opened streams whose handler has not returned
 	reserved       int    // client: streams promised to Dial callers, not yet opened
 	nextID         uint32 // client: next stream ID
 	lastPeerID     uint32 // server: highest stream ID the peer opened
 	goAwayRecv     bool
 	goAwayLast     uint32
 	goAwaySent     bool
+	fatal          bool // a GOAWAY with an error code is being sent
 	closed         bool
 	closeErr       error
 	settingsSeen   bool
@@ -74,8 +78,13 @@ type conn struct {
 	pingAck        chan struct{}
 	framesRead     atomic.Uint64
 
+	// Server side: ctx is the parent of every stream's context; lim bounds
+	// abuse (nil: unlimited).
+	ctx context.Context
+	lim *connLimits
 	// newStream serves a stream the peer opened (server). It runs on the
-	// read loop and must not block.
+	// read loop and must not block. The stream counts in inflight until
+	// handlerDone.
 	newStream func(*Stream)
 	// onGone runs once when the connection stops taking new streams.
 	onGone   func(*conn)
@@ -159,7 +168,7 @@ func (c *conn) readFrames() error {
 			return fmt.Errorf("reading HTTP/2 client preface: %w", err)
 		}
 		if string(p[:]) != http2.ClientPreface {
-			return connError{http2.ErrCodeProtocol, "bad HTTP/2 client preface"}
+			return connError{code: http2.ErrCodeProtocol, reason: "bad HTTP/2 client preface"}
 		}
 	}
 	first := true
@@ -168,7 +177,9 @@ func (c *conn) readFrames() error {
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
-				c.onStreamError(se)
+				if err := c.onStreamError(se); err != nil {
+					return err
+				}
 				continue
 			}
 			var ce http2.ConnectionError
@@ -177,17 +188,17 @@ func (c *conn) readFrames() error {
 				if d := c.fr.ErrorDetail(); d != nil {
 					reason = d.Error()
 				}
-				return connError{http2.ErrCode(ce), reason}
+				return connError{code: http2.ErrCode(ce), reason: reason}
 			}
 			if errors.Is(err, http2.ErrFrameTooLarge) {
-				return connError{http2.ErrCodeFrameSize, "frame larger than SETTINGS_MAX_FRAME_SIZE"}
+				return connError{code: http2.ErrCodeFrameSize, reason: "frame larger than SETTINGS_MAX_FRAME_SIZE"}
 			}
 			return fmt.Errorf("reading HTTP/2 frame: %w", err)
 		}
 		c.framesRead.Add(1)
 		if first {
 			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
-				return connError{http2.ErrCodeProtocol, "first frame is not SETTINGS"}
+				return connError{code: http2.ErrCodeProtocol, reason: "first frame is not SETTINGS"}
 			}
 			first = false
 			_ = c.nc.SetReadDeadline(time.Time{})
@@ -215,9 +226,9 @@ func (c *conn) handleFrame(f http2.Frame) error {
 	case *http2.GoAwayFrame:
 		c.onGoAway(f)
 	case *http2.PushPromiseFrame:
-		return connError{http2.ErrCodeProtocol, "PUSH_PROMISE not allowed"}
+		return connError{code: http2.ErrCodeProtocol, reason: "PUSH_PROMISE not allowed"}
 	case *http2.ContinuationFrame:
-		return connError{http2.ErrCodeProtocol, "unexpected CONTINUATION"}
+		return connError{code: http2.ErrCodeProtocol, reason: "unexpected CONTINUATION"}
 	}
 	// PRIORITY, PRIORITY_UPDATE and unknown frame types are ignored.
 	return nil
@@ -234,16 +245,24 @@ func (c *conn) isIdleLocked(id uint32) bool {
 	return id > c.lastPeerID
 }
 
-func (c *conn) onStreamError(se http2.StreamError) {
+// onStreamError resets the stream a malformed frame arrived on. On a server
+// a new stream counts as an opening, an open one as a reset the peer caused.
+func (c *conn) onStreamError(se http2.StreamError) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var err error
 	if !c.client && se.StreamID%2 == 1 && se.StreamID > c.lastPeerID {
 		c.lastPeerID = se.StreamID
+		err = c.lim.allowOpen()
 	}
 	if s := c.streams[se.StreamID]; s != nil {
 		c.terminateLocked(s, fmt.Errorf("%w: %v", ErrStreamReset, se), false)
+		if !c.client {
+			err = c.lim.allowReset(true)
+		}
 	}
 	c.queueCtrl(ctrlFrame{typ: http2.FrameRSTStream, stream: se.StreamID, val: uint32(se.Code)})
+	return err
 }
 
 // returnConnWindowLocked credits n consumed bytes to the connection window,
@@ -278,26 +297,24 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if n > c.recvWin {
-		return connError{http2.ErrCodeFlowControl, "DATA beyond the connection window"}
+		return connError{code: http2.ErrCodeFlowControl, reason: "DATA beyond the connection window"}
 	}
 	c.recvWin -= n
 	s := c.streams[id]
 	if s == nil {
 		if c.isIdleLocked(id) {
-			return connError{http2.ErrCodeProtocol, fmt.Sprintf("DATA on idle stream %d", id)}
+			return connError{code: http2.ErrCodeProtocol, reason: fmt.Sprintf("DATA on idle stream %d", id)}
 		}
 		c.returnConnWindowLocked(n) // stream closed or reset: ignore
 		return nil
 	}
 	if s.recvEnd {
 		c.returnConnWindowLocked(n)
-		c.resetLocked(s, http2.ErrCodeStreamClosed, "DATA after END_STREAM")
-		return nil
+		return c.peerFaultLocked(s, http2.ErrCodeStreamClosed, "DATA after END_STREAM")
 	}
 	if n > s.recvWin {
 		c.returnConnWindowLocked(n)
-		c.resetLocked(s, http2.ErrCodeFlowControl, "DATA beyond the stream window")
-		return nil
+		return c.peerFaultLocked(s, http2.ErrCodeFlowControl, "DATA beyond the stream window")
 	}
 	s.recvWin -= n
 	if pad := n - int64(len(data)); pad > 0 {
@@ -336,8 +353,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 			s.status = code
 			close(s.respCh)
 		} else if !f.StreamEnded() {
-			c.resetLocked(s, http2.ErrCodeProtocol, "trailers without END_STREAM")
-			return nil
+			return c.peerFaultLocked(s, http2.ErrCodeProtocol, "trailers without END_STREAM")
 		}
 		if f.StreamEnded() {
 			s.recvEnd = true
@@ -350,22 +366,34 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		idle := c.isIdleLocked(id)
 		c.mu.Unlock()
 		if idle {
-			return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS on stream %d the client did not open", id)}
+			return connError{code: http2.ErrCodeProtocol, reason: fmt.Sprintf("HEADERS on stream %d the client did not open", id)}
 		}
 		return nil
 	}
 	if id%2 == 0 || id <= c.lastPeerID {
 		c.mu.Unlock()
-		return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS opening stream %d out of order", id)}
+		return connError{code: http2.ErrCodeProtocol, reason: fmt.Sprintf("HEADERS opening stream %d out of order", id)}
 	}
 	c.lastPeerID = id
-	if c.goAwaySent || c.closed || uint32(c.active) >= c.maxStreams {
+	if err := c.lim.allowOpen(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	// The limit counts handlers, not open streams: a stream the peer reset
+	// holds its slot until its handler has returned.
+	full := uint32(c.inflight) >= c.maxStreams
+	if c.goAwaySent || c.closed || full {
 		c.queueCtrl(ctrlFrame{typ: http2.FrameRSTStream, stream: id, val: uint32(http2.ErrCodeRefusedStream)})
 		c.mu.Unlock()
+		if full {
+			c.lim.report(LimitRefusedStream)
+		}
 		return nil
 	}
 	s := c.addStreamLocked(id)
 	s.server = true
+	c.inflight++
+	s.ctx, s.cancel = context.WithCancel(c.ctx)
 	if f.Truncated {
 		s.reject = &rejection{431, fmt.Sprintf("request header list exceeds %d bytes", maxHeaderListSize)}
 	} else {
@@ -386,6 +414,9 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 	if f.IsAck() {
 		return nil
 	}
+	if err := c.lim.allowSettings(); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	err := f.ForeachSetting(func(st http2.Setting) error {
@@ -395,7 +426,7 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 			if errors.As(err, &ce) {
 				code = http2.ErrCode(ce)
 			}
-			return connError{code, fmt.Sprintf("invalid setting %v", st)}
+			return connError{code: code, reason: fmt.Sprintf("invalid setting %v", st)}
 		}
 		switch st.ID {
 		case http2.SettingInitialWindowSize:
@@ -404,7 +435,7 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 			for _, s := range c.streams {
 				s.sendWin += delta
 				if s.sendWin > math.MaxInt32 {
-					return connError{http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream window"}
+					return connError{code: http2.ErrCodeFlowControl, reason: "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream window"}
 				}
 			}
 		case http2.SettingMaxFrameSize:
@@ -435,7 +466,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	if f.StreamID == 0 {
 		c.sendWin += inc
 		if c.sendWin > math.MaxInt32 {
-			return connError{http2.ErrCodeFlowControl, "connection window overflow"}
+			return connError{code: http2.ErrCodeFlowControl, reason: "connection window overflow"}
 		}
 		c.sendCond.Broadcast()
 		return nil
@@ -443,13 +474,13 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	s := c.streams[f.StreamID]
 	if s == nil {
 		if c.isIdleLocked(f.StreamID) {
-			return connError{http2.ErrCodeProtocol, fmt.Sprintf("WINDOW_UPDATE on idle stream %d", f.StreamID)}
+			return connError{code: http2.ErrCodeProtocol, reason: fmt.Sprintf("WINDOW_UPDATE on idle stream %d", f.StreamID)}
 		}
 		return nil
 	}
 	s.sendWin += inc
 	if s.sendWin > math.MaxInt32 {
-		c.resetLocked(s, http2.ErrCodeFlowControl, "stream window overflow")
+		return c.peerFaultLocked(s, http2.ErrCodeFlowControl, "stream window overflow")
 	}
 	c.sendCond.Broadcast()
 	return nil
@@ -461,7 +492,7 @@ func (c *conn) onReset(f *http2.RSTStreamFrame) error {
 	s := c.streams[f.StreamID]
 	if s == nil {
 		if c.isIdleLocked(f.StreamID) {
-			return connError{http2.ErrCodeProtocol, fmt.Sprintf("RST_STREAM on idle stream %d", f.StreamID)}
+			return connError{code: http2.ErrCodeProtocol, reason: fmt.Sprintf("RST_STREAM on idle stream %d", f.StreamID)}
 		}
 		return nil
 	}
@@ -469,7 +500,10 @@ func (c *conn) onReset(f *http2.RSTStreamFrame) error {
 	// body readable.
 	keep := f.ErrCode == http2.ErrCodeNo && s.recvEnd
 	c.terminateLocked(s, resetError{f.ErrCode}, keep)
-	return nil
+	if c.client {
+		return nil
+	}
+	return c.lim.allowReset(!s.answeredFlag.Load())
 }
 
 func (c *conn) onPing(f *http2.PingFrame) {
@@ -535,7 +569,9 @@ func (c *conn) removeLocked(s *Stream) {
 	if s.cancel != nil {
 		s.cancel()
 	}
-	if c.active == 0 && (c.goAwayRecv || c.goAwaySent) && !c.closed {
+	// After a graceful GOAWAY the last stream closes the connection; after a
+	// fatal one goAwayAndClose does, once the GOAWAY is out.
+	if c.active == 0 && (c.goAwayRecv || c.goAwaySent) && !c.closed && !c.fatal {
 		go c.closeWith(nil)
 	}
 }
@@ -563,6 +599,25 @@ func (c *conn) terminateLocked(s *Stream, err error, keep bool) {
 func (c *conn) resetLocked(s *Stream, code http2.ErrCode, reason string) {
 	c.terminateLocked(s, fmt.Errorf("%w: %v: %s", ErrStreamClosed, code, reason), false)
 	c.queueCtrl(ctrlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(code)})
+}
+
+// peerFaultLocked resets s for a stream error the peer made. On a server
+// it counts as a premature reset: a peer could otherwise cancel the work
+// behind its streams by provoking resets instead of sending them.
+func (c *conn) peerFaultLocked(s *Stream, code http2.ErrCode, reason string) error {
+	c.resetLocked(s, code, reason)
+	if c.client {
+		return nil
+	}
+	return c.lim.allowReset(true)
+}
+
+// handlerDone releases the slot of a peer-opened stream whose handler has
+// returned.
+func (c *conn) handlerDone() {
+	c.mu.Lock()
+	c.inflight--
+	c.mu.Unlock()
 }
 
 func (c *conn) discardLocked(s *Stream) {
@@ -608,15 +663,29 @@ func (c *conn) closeWith(err error) {
 	c.markGone()
 }
 
-// goAwayAndClose answers a protocol violation: GOAWAY with its code, then close.
+// goAwayAndClose answers a protocol violation or an exceeded limit: GOAWAY
+// with its code, flushed at once, then close. Only the first call acts.
 func (c *conn) goAwayAndClose(ce connError) {
-	c.log.Debug("hbone protocol error", "peer", c.peer.String(), "code", ce.code.String(), "reason", ce.reason)
-	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	c.mu.Lock()
-	last := c.lastPeerID
+	if c.closed || c.fatal {
+		c.mu.Unlock()
+		return
+	}
+	c.fatal = true
 	c.goAwaySent = true
+	last := c.lastPeerID
 	c.mu.Unlock()
-	_ = c.write(func() error { return c.fr.WriteGoAway(last, ce.code, []byte(ce.reason)) })
+	c.markGone()
+	remote := c.nc.RemoteAddr().String()
+	if ce.limit != "" {
+		c.log.Info("hbone peer exceeded a limit; sent GOAWAY(ENHANCE_YOUR_CALM) and closed the connection",
+			"peer", c.peer.String(), "remote", remote, "limit", ce.limit, "reason", ce.reason)
+		c.lim.report(ce.limit)
+	} else {
+		c.log.Debug("hbone protocol error", "peer", c.peer.String(), "remote", remote, "code", ce.code.String(), "reason", ce.reason)
+	}
+	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = c.writeFinal(func() error { return c.fr.WriteGoAway(last, ce.code, []byte(ce.reason)) })
 	c.closeWith(ce)
 }
 

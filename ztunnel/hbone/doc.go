@@ -12,6 +12,8 @@
 //		TrustBundle:    func() *x509.CertPool { return roots },  // per handshake
 //		GetCertificate: getCert,                                  // per handshake
 //		Handler:        hbone.RelayHandler(authorize, dialer),    // or your own Handler
+//		OnLimit:        func(reason string) { limitHits.WithLabelValues(reason).Inc() },
+//		// MaxConcurrentStreams, StreamOpenRate/Burst, ResetRate/Burst: see Abuse bounds
 //	})
 //	go srv.Serve(ln)      // caller-made listener; also srv.ServeConn(nc)
 //	srv.Shutdown(ctx)     // GOAWAY, drain; srv.Close() to cut
@@ -45,12 +47,74 @@
 //     CloseWrite; Reject answers 4xx/5xx.
 //   - The pool keys connections by Key, opens another connection when one
 //     reaches the server's SETTINGS_MAX_CONCURRENT_STREAMS, and evicts a
-//     connection on read error, GOAWAY or an unanswered keep-alive PING.
+//     connection on read error, GOAWAY (any code, ENHANCE_YOUR_CALM
+//     included) or an unanswered keep-alive PING. A stream the server
+//     refuses (REFUSED_STREAM, never processed: RFC 9113 section 8.7) is
+//     retried once on another connection, dialed if none has room.
+//   - Handler context: the ctx given to Authorize and ServeHBONE is
+//     cancelled as soon as the stream is over for the server: the peer
+//     reset it, both directions ended, the server reset it, the connection
+//     closed (peer EOF, I/O error, GOAWAY with an error code) or the
+//     server was closed. Handlers pass it to everything
+//     they wait on, dials above all.
 //   - Windows: 4 MiB per stream, 16 MiB per connection, returned in quarter
 //     window batches as the application reads; frames up to 1 MiB.
 //     Buffered received data never exceeds the advertised windows.
 //   - Errors from Pool.Dial read "hbone to <addr> as <source>: <cause>" and
 //     wrap the package's sentinels (ErrPeerIdentity, ErrRejected, ...).
+//
+// Abuse bounds (HTTP/2 "rapid reset", CVE-2023-44487, and kin), per
+// server connection, as Go's x/net server, Envoy and Istio's ztunnel bound
+// them:
+//
+//   - Work in flight: a peer-opened stream holds a slot of
+//     MaxConcurrentStreams (default 1000, also what SETTINGS advertises)
+//     from its HEADERS until its handler (Authorize then ServeHBONE) has
+//     returned, not until the peer resets it. HEADERS beyond the limit are
+//     answered RST_STREAM(REFUSED_STREAM) without starting anything
+//     (OnLimit "refused_stream"). Resetting a stream cancels its handler's
+//     ctx at once, so the slot comes back as soon as the handler returns.
+//   - Stream openings: a token bucket per connection charges every HEADERS
+//     that opens a stream, refused or malformed ones included:
+//     StreamOpenRate, default 2000/s, bursts of StreamOpenBurst, 4000.
+//   - Resets: a token bucket per connection charges one token for a
+//     premature reset, the peer's RST_STREAM on a stream not answered yet
+//     (Envoy's term) or a stream error the peer provoked (DATA after
+//     END_STREAM or beyond the window, window overflow, malformed
+//     trailers: "MadeYouReset", CVE-2025-8671), and a quarter of one for a
+//     reset after the answer: ResetRate, default 200/s, bursts of
+//     ResetBurst, 400.
+//   - SETTINGS frames: 10/s, bursts of 100 (fixed): each may walk every
+//     stream's window.
+//   - Past a bucket the connection gets GOAWAY(ENHANCE_YOUR_CALM), flushed
+//     before the close, and is closed; every handler's ctx is cancelled.
+//     The server logs it at Info with the peer's identity, remote address
+//     and limit, and calls OnLimit once ("stream_rate", "reset_rate",
+//     "settings_rate"; "control_queue" when the peer made the server queue
+//     too many control frames without reading them).
+//
+// Why these defaults: a connection carries one source identity's streams
+// to one destination (Key). A source ztunnel opens one stream per app
+// connection, half-closes it when the app is done, and resets it only when
+// the app aborts: after the answer when a live connection is aborted (a
+// quarter token each: 800/s sustained), before it when the app gave up
+// while the destination was still being dialed, which is rare outside an
+// outage of the destination. 2000 new connections a second sustained from
+// one identity to one pod, 4000 at once (a whole 1000-stream connection
+// re-opened after a GOAWAY, with room to spare), is above what a pod
+// serves; TestLegitimateTrafficWithinLimits runs thousands of sequential
+// streams and hundreds of aborts on one connection under them. A
+// rapid-reset attacker resets before the answer by construction: it gets
+// about 400 handler starts at once and 200/s after, per connection, each
+// cancelled at once, never more than MaxConcurrentStreams in flight.
+// Negative rates disable a bucket.
+//
+// Not bounded here: PING floods (answered at the sender's own cost; a
+// sender that does not read is cut off by the control-queue bound), frames
+// on closed streams (WINDOW_UPDATE, RST_STREAM, PRIORITY, empty DATA: a
+// map lookup each, nothing started), CONTINUATION floods (x/net's Framer
+// stops a header block at MaxHeaderListSize), and connections per peer
+// (ztunnel/proxy's per-pod limits).
 //
 // Concurrency: per connection one goroutine reads frames and never writes
 // to the socket; writers take a mutex and the last one out flushes, so

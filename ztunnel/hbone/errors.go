@@ -98,10 +98,12 @@ func (e goAwayError) Error() string {
 func (e goAwayError) Is(target error) bool { return target == ErrGoAway }
 
 // connError is a protocol violation by the peer: the connection ends with
-// GOAWAY carrying code.
+// GOAWAY carrying code. limit names the exceeded limit (an OnLimit reason)
+// when the violation is abuse rather than a broken peer.
 type connError struct {
 	code   http2.ErrCode
 	reason string
+	limit  string
 }
 
 func (e connError) Error() string {

@@ -65,6 +65,22 @@ func fuzzSeeds() [][]byte {
 			fr.WriteWindowUpdate(1, 1<<31-1)
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("x-trailer", "1"), EndHeaders: true, EndStream: true})
 		}),
+		frames(func(fr *http2.Framer, block func(...string) []byte) {
+			// Rapid reset past MaxConcurrentStreams, a provoked reset, then
+			// a SETTINGS flood past its limit.
+			fr.WriteSettings()
+			for id := uint32(1); id < 40; id += 2 {
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block(connect...), EndHeaders: true})
+				if id%4 == 1 {
+					fr.WriteRSTStream(id, http2.ErrCodeCancel)
+				}
+			}
+			fr.WriteData(3, true, nil)
+			fr.WriteData(3, false, []byte("after END_STREAM"))
+			for range settingsBurst + 1 {
+				fr.WriteSettings()
+			}
+		}),
 		[]byte{0, 0, 0, 4, 0, 0, 0, 0, 0},
 		[]byte("GET / HTTP/1.1\r\n\r\n"),
 	)

@@ -145,7 +145,7 @@ func TestPingTimeoutEvicts(t *testing.T) {
 		io.Copy(io.Discard, tc)
 	})
 	key := Key{Source: idA, Destination: idB, Addr: addr}
-	c, err := e.pool.getConn(testCtx(t), key)
+	c, err := e.pool.getConn(testCtx(t), key, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -132,34 +132,50 @@ func (p *Pool) dial(ctx context.Context, key Key, authority netip.AddrPort, h He
 		}
 	}
 	fields := requestFields(authority, h)
+	var avoid *conn // a connection that refused this request
 	for attempt := 0; ; attempt++ {
-		c, err := p.getConn(ctx, key)
+		c, err := p.getConn(ctx, key, avoid)
 		if err != nil {
 			return nil, err
 		}
 		s, err := c.openStream(ctx, fields)
-		if err != nil && retryable(err) && attempt < 3 && ctx.Err() == nil {
-			continue
+		if err == nil {
+			return s, nil
 		}
-		if err != nil {
-			return nil, fmt.Errorf("CONNECT %s: %w", authority, err)
+		if ctx.Err() == nil {
+			// A server refuses a stream when its handlers in flight are at
+			// the limit, which this side cannot see (handlers outlive the
+			// streams they served): retry once on another connection.
+			if refused(err) && avoid == nil {
+				avoid = c
+				continue
+			}
+			if retryable(err) && attempt < 3 {
+				continue
+			}
 		}
-		return s, nil
+		return nil, fmt.Errorf("CONNECT %s: %w", authority, err)
 	}
 }
 
-// retryable reports errors after which the request was certainly not
-// processed, so another connection may be tried.
-func retryable(err error) bool {
+// refused reports a stream the server refused with REFUSED_STREAM: it was
+// not processed (RFC 9113 section 8.7), so it is safe to retry.
+func refused(err error) bool {
 	var re resetError
-	return errors.Is(err, ErrGoAway) || errors.As(err, &re) && re.code == http2.ErrCodeRefusedStream || errors.Is(err, errNoCapacity)
+	return errors.As(err, &re) && re.code == http2.ErrCodeRefusedStream
+}
+
+// retryable reports errors after which the request was certainly not
+// processed, so it may be tried again.
+func retryable(err error) bool {
+	return errors.Is(err, ErrGoAway) || errors.Is(err, errNoCapacity)
 }
 
 var errNoCapacity = errors.New("connection cannot open more streams")
 
-// getConn returns a connection with one stream reserved for the caller,
-// dialing one when none has room.
-func (p *Pool) getConn(ctx context.Context, key Key) (*conn, error) {
+// getConn returns a connection other than avoid (which may be nil) with one
+// stream reserved for the caller, dialing one when none has room.
+func (p *Pool) getConn(ctx context.Context, key Key, avoid *conn) (*conn, error) {
 	p.mu.Lock()
 	for {
 		if p.closed {
@@ -172,7 +188,7 @@ func (p *Pool) getConn(ctx context.Context, key Key) (*conn, error) {
 			p.entries[key] = e
 		}
 		for _, c := range e.conns {
-			if c.tryReserve(p.cfg.MaxStreamsPerConn) {
+			if c != avoid && c.tryReserve(p.cfg.MaxStreamsPerConn) {
 				p.mu.Unlock()
 				return c, nil
 			}

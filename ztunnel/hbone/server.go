@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -17,17 +18,29 @@ import (
 )
 
 // Handler decides and serves the CONNECT streams a Server accepts.
+//
+// Both methods get the stream's context. It is cancelled as soon as the
+// stream is over for the server: the peer reset it (RST_STREAM), both
+// directions ended, the server reset it, the connection closed (peer EOF,
+// read or write error, GOAWAY with an error code), or the server was
+// closed. Methods must return promptly once it is done and pass it to
+// everything they wait on (dials above all): until Authorize and
+// ServeHBONE have returned, the stream keeps its slot in the connection's
+// MaxConcurrentStreams, so handlers that ignore ctx keep their work going
+// after the peer has gone and, once MaxConcurrentStreams of them pile up,
+// make the connection refuse every new stream.
 type Handler interface {
 	// Authorize decides whether this node serves req and returns the
 	// address to connect the stream to. An error refuses the stream: one
 	// wrapping ErrBadRequest is answered 400, ErrNotServed 404, anything
 	// else 403; the error text is the response body. It runs on the
-	// stream's own goroutine.
+	// stream's own goroutine; ctx is the stream's (see Handler).
 	Authorize(ctx context.Context, req *Request) (target netip.AddrPort, err error)
 	// ServeHBONE owns an authorized stream (s.Request().Target is set): it
 	// answers it (Accept or Reject, or implicitly by writing) and relays.
-	// ctx ends when the stream or the connection ends. The server closes s
-	// when ServeHBONE returns, answering 502 if it never answered.
+	// ctx is the stream's (see Handler): cancelled when the stream or the
+	// connection ends. The server closes s when ServeHBONE returns,
+	// answering 502 if it never answered.
 	ServeHBONE(ctx context.Context, s *Stream)
 }
 
@@ -44,9 +57,32 @@ type ServerConfig struct {
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	// Handler serves accepted streams.
 	Handler Handler
-	// MaxConcurrentStreams is advertised per connection; 0 means
+	// MaxConcurrentStreams is advertised per connection and bounds the
+	// handlers in flight per connection: a peer-opened stream holds a slot
+	// from its HEADERS until its handler has returned (not until the peer
+	// resets it); HEADERS beyond it are refused (REFUSED_STREAM). 0 means
 	// DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams uint32
+	// StreamOpenRate bounds, per connection, the streams a peer opens per
+	// second (every HEADERS opening a stream, refused or not), with bursts
+	// of StreamOpenBurst; past it the connection is closed with
+	// GOAWAY(ENHANCE_YOUR_CALM). 0 means DefaultStreamOpenRate, negative
+	// means unlimited. StreamOpenBurst 0 means twice the rate (at least 1).
+	StreamOpenRate  float64
+	StreamOpenBurst int
+	// ResetRate bounds, per connection, the premature resets per second: a
+	// peer's RST_STREAM on a stream not answered yet, or a stream error the
+	// peer caused; a reset after the answer counts a quarter. Bursts of
+	// ResetBurst; past it GOAWAY(ENHANCE_YOUR_CALM) and close. 0 means
+	// DefaultResetRate, negative means unlimited. ResetBurst 0 means twice
+	// the rate (at least 1).
+	ResetRate  float64
+	ResetBurst int
+	// OnLimit, if set, is called once per limit event with one of the
+	// Limit* reasons (LimitRefusedStream per refused stream, the others
+	// once per connection closed). It runs on the connection's read loop:
+	// it must be fast and must not block (count a metric).
+	OnLimit func(reason string)
 	// HandshakeTimeout bounds TLS handshake plus HTTP/2 preface; 0 means 10s.
 	HandshakeTimeout time.Duration
 	// Logger receives connection-level events; nil discards them.
@@ -84,6 +120,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	if cfg.MaxConcurrentStreams == 0 {
 		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	var err error
+	if cfg.StreamOpenRate, cfg.StreamOpenBurst, err = rateDefaults("StreamOpen", cfg.StreamOpenRate, cfg.StreamOpenBurst, DefaultStreamOpenRate); err != nil {
+		return nil, err
+	}
+	if cfg.ResetRate, cfg.ResetBurst, err = rateDefaults("Reset", cfg.ResetRate, cfg.ResetBurst, DefaultResetRate); err != nil {
+		return nil, err
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
@@ -152,6 +195,23 @@ func (srv *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// rateDefaults applies the defaults of a rate limit: rate 0 means def, a
+// burst of 0 twice the rate (at least 1).
+func rateDefaults(name string, r float64, burst int, def float64) (float64, int, error) {
+	switch {
+	case math.IsNaN(r):
+		return 0, 0, fmt.Errorf("hbone server config: %sRate is NaN; use a negative rate for no limit", name)
+	case burst < 0:
+		return 0, 0, fmt.Errorf("hbone server config: %sBurst %d is negative; use 0 for twice the rate", name, burst)
+	case r == 0:
+		r = def
+	}
+	if burst == 0 && r > 0 {
+		burst = int(min(math.Ceil(2*r), math.MaxInt32))
+	}
+	return r, burst, nil
+}
+
 func isTemporary(err error) bool {
 	t, ok := err.(interface{ Temporary() bool })
 	return ok && t.Temporary()
@@ -207,8 +267,9 @@ func (srv *Server) serveH2(nc net.Conn, lower *batchConn, peer spiffe.ID) error 
 	c := newConn(nc, lower, false, peer, srv.cfg.MaxConcurrentStreams, srv.log)
 	ctx, cancel := context.WithCancel(srv.ctx)
 	defer cancel()
+	c.ctx = ctx
+	c.lim = newConnLimits(&srv.cfg)
 	c.newStream = func(s *Stream) {
-		s.ctx, s.cancel = context.WithCancel(ctx)
 		srv.wg.Add(1) // the connection's own count is held, so this never races Wait
 		go srv.serveStream(s)
 	}
@@ -235,8 +296,11 @@ func (srv *Server) serveH2(nc net.Conn, lower *batchConn, peer spiffe.ID) error 
 	return c.closeErr
 }
 
+// serveStream runs the handler of a peer-opened stream; the stream holds
+// its slot in the connection's MaxConcurrentStreams until this returns.
 func (srv *Server) serveStream(s *Stream) {
 	defer srv.wg.Done()
+	defer s.c.handlerDone()
 	defer s.Close()
 	defer s.cancel()
 	if s.reject != nil {

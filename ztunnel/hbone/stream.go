@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/spiffe"
@@ -30,15 +31,17 @@ type Stream struct {
 	id     uint32
 	server bool
 
-	// Server side: set before the handler runs.
+	// Server side: set before the stream is registered. ctx is cancelled
+	// when the stream is retired (see Handler.ServeHBONE).
 	req    *Request
 	reject *rejection
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	respMu    sync.Mutex // serializes answering the CONNECT
-	responded bool
-	respErr   error
+	respMu       sync.Mutex // serializes answering the CONNECT
+	responded    bool
+	respErr      error
+	answeredFlag atomic.Bool // responded, readable without respMu (read loop)
 
 	sendMu sync.Mutex // serializes Write and CloseWrite
 
@@ -391,6 +394,7 @@ func (s *Stream) respond(status int, reason string) error {
 		return fmt.Errorf("%w: CONNECT already answered", ErrStreamClosed)
 	}
 	s.responded = true
+	s.answeredFlag.Store(true)
 	c := s.c
 	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(status)}}
 	var body []byte

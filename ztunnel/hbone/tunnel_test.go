@@ -320,13 +320,15 @@ func TestFlowControlBlocksWriter(t *testing.T) {
 			result <- n
 		},
 	})
+	free := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(free) // before the server's Close, which waits for the handler
 	s, err := e.pool.Dial(testCtx(t), e.key, netip.MustParseAddrPort("10.0.0.1:80"), Headers{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	<-ready
-	s.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+	s.SetWriteDeadline(time.Now().Add(time.Second)) // long enough to fill the window under -race
 	n, err := s.Write(make([]byte, 8<<20))
 	if !errors.Is(err, os.ErrDeadlineExceeded) || n != streamWindow {
 		t.Fatalf("Write into a non-reading peer: %d bytes, %v; want %d and deadline exceeded", n, err, streamWindow)
@@ -337,7 +339,7 @@ func TestFlowControlBlocksWriter(t *testing.T) {
 	if buffered > streamWindow {
 		t.Fatalf("server buffered %d bytes, window %d", buffered, streamWindow)
 	}
-	close(release)
+	free()
 	s.SetWriteDeadline(time.Time{})
 	m, err := s.Write(make([]byte, 8<<20))
 	if err != nil {

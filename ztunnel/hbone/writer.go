@@ -136,6 +136,26 @@ func (c *conn) write(fn func() error) error {
 	return err
 }
 
+// writeFinal runs fn (the last frame: GOAWAY) with exclusive access to the
+// frame writer and flushes it at once, even when other writers wait; later
+// writes fail with ErrConnClosed.
+func (c *conn) writeFinal(fn func() error) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	err := fn()
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	if err == nil && c.lower != nil {
+		err = c.lower.flush()
+	}
+	c.werr = ErrConnClosed
+	return err
+}
+
 // queueCtrl queues a control frame and wakes the write loop. It never blocks
 // on the socket.
 func (c *conn) queueCtrl(f ctrlFrame) {
@@ -146,7 +166,10 @@ func (c *conn) queueCtrl(f ctrlFrame) {
 	}
 	c.ctrlMu.Unlock()
 	if n >= maxQueuedControl {
-		go c.goAwayAndClose(connError{http2.ErrCodeEnhanceYourCalm, "too many queued control frames"})
+		if c.ctrlOverflow.CompareAndSwap(false, true) {
+			go c.goAwayAndClose(connError{code: http2.ErrCodeEnhanceYourCalm,
+				reason: "too many queued control frames", limit: LimitControlQueue})
+		}
 		return
 	}
 	select {

@@ -44,7 +44,7 @@ func New() *Metrics {
 		}, LabelNames),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ambit_ztunnel_refused_connections_total",
-			Help: "Connections refused before they were served: reason self_call (to one of ztunnel's own listeners), loop (dialed by ztunnel itself), limit_rate, limit_in_progress or limit_open (the pod's or source's connection limits), node_limit_open (the node's).",
+			Help: "Connections refused before they were served: reason self_call (to one of ztunnel's own listeners), loop (dialed by ztunnel itself), limit_rate, limit_in_progress or limit_open (the pod's or source's connection limits), node_limit_open (the node's), hbone_refused_stream, hbone_stream_rate, hbone_reset_rate, hbone_settings_rate, hbone_control_queue (an HBONE peer past a per-connection bound; the rates end the connection with GOAWAY ENHANCE_YOUR_CALM).",
 		}, []string{"namespace", "pod", "direction", "reason"}),
 	}
 	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused,

@@ -227,6 +227,11 @@ func Start(cfg Config, pod Pod, ls Listeners, d Dialer) (*PodProxy, error) {
 		},
 		Handler: inboundHandler{p},
 		Logger:  p.log,
+		// Runs on the connection's read loop: counting and a rate-limited
+		// log line only.
+		OnLimit: func(reason string) {
+			p.refusals.refuse("inbound", "hbone_"+reason, fmt.Errorf("an HBONE peer of pod %s went past the per-connection limit %q", pod, reason))
+		},
 	})
 	if err != nil {
 		closeLs()

@@ -349,8 +349,10 @@ func TestEnrollWaitsForPodAndAck(t *testing.T) {
 	if got := e.agent.Captured(); !slices.Equal(got, []string{a.UID}) {
 		t.Errorf("Captured = %v", got)
 	}
-	if snap := e.agent.Snapshot(); len(snap) != 1 || snap[0].NetnsPath != a.Netns || snap[0].ServiceAccount != "sa" {
+	if snap := e.agent.Snapshot(); len(snap) != 1 || snap[0].NetnsPath != a.Netns || snap[0].ServiceAccount != "sa" || snap[0].Netns == nil {
 		t.Errorf("Snapshot = %+v", snap)
+	} else if id, err := netns.IDOf(snap[0].Netns); err != nil || id.Ino != inode(t, a) {
+		t.Errorf("Snapshot's netns file is %v (%v), want the pod's (inode %d)", id, err, inode(t, a))
 	}
 	cr, err := e.agent.Check(context.Background(), agentapi.CheckRequest{PodRef: ref(a)})
 	if err != nil || !cr.Enrolled || !cr.CaptureInPlace {

@@ -108,6 +108,8 @@ type env struct {
 	// marks, if set before start, is the agent's Annotator and overlays
 	// its marks on the source's pods.
 	marks *markStore
+	// verifier, if set before start, is the agent's Verifier.
+	verifier agent.NetnsVerifier
 
 	zdsPath string
 	srv     *zds.Server
@@ -200,6 +202,7 @@ func (e *env) start(run bool) {
 	cfg := agent.Config{
 		Node: node, Source: e.src, Capture: e.backend, ZDS: srv,
 		PodWait: 3 * time.Second, ZtunnelWait: 300 * time.Millisecond, ResyncInterval: time.Hour,
+		Verifier: e.verifier,
 	}
 	if e.marks != nil {
 		e.marks.PodSource = e.src

@@ -45,11 +45,12 @@
 // the connection; [Client.Run] reconnects with exponential backoff and the
 // agent resends a full snapshot.
 //
-// Server (agent side): a malformed hello, a malformed ack, an ack carrying
-// fds, a message while no request is outstanding, or an ack that does not
-// arrive within the ack timeout ends that ztunnel connection (a late ack could
-// otherwise be matched to the wrong request). ztunnel reconnects and receives
-// a full snapshot.
+// Server (agent side): a malformed or missing hello refuses the new
+// connection (see Admission). A malformed ack, an ack carrying fds, a
+// message while no request is outstanding, or an ack that does not arrive
+// within the ack timeout ends that ztunnel connection (a late ack could
+// otherwise be matched to the wrong request). ztunnel reconnects and
+// receives a full snapshot.
 //
 // # Admission
 //

@@ -280,6 +280,15 @@ func (a *Agent) Enroll(ctx context.Context, req agentapi.EnrollRequest) (agentap
 	log := a.log.With("pod", pod.Name, "namespace", pod.Namespace, "uid", pod.UID)
 	d := enrollment.Decide(pod.Labels, pod.NamespaceLabels)
 	if !d.Enrolled {
+		// A pod outside the mesh must not start in a netns ztunnel
+		// proxies for another pod: its traffic would leave as that pod.
+		if id, err := netns.IDOfPath(req.Netns); err == nil {
+			if t, ok := a.claimedBy(pod.UID, id); ok {
+				err := fmt.Errorf("%w: refusing pod %s on node %s: its netns %s (%s) is captured for pod %s (uid %s)", ErrForeignNetns, pod.Key(), a.cfg.Node, req.Netns, id, t.pod.Key(), t.pod.UID)
+				log.Error("refusing a pod outside the mesh: its netns is another pod's", "netns", req.Netns, "err", err)
+				return agentapi.EnrollResponse{}, err
+			}
+		}
 		log.Debug("pod not enrolled", "reason", d.Reason)
 		return agentapi.EnrollResponse{Enrolled: false, Reason: d.Reason}, nil
 	}

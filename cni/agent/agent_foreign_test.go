@@ -73,6 +73,13 @@ func TestEnrollRefusesForeignNetns(t *testing.T) {
 		t.Fatalf("got %+v", ev)
 	}
 
+	// A pod outside the mesh may not start in server's netns either: its
+	// traffic would leave as server.
+	resp, err = e.enrollWith(legacy, server.Netns)
+	requireRefused(t, resp, err, "refusing pod plain/legacy", "captured for pod mesh/server")
+	e.requireCaptured(server)
+	z.expectNone(t)
+
 	// A record claiming server's netns for another enrolled pod (a forged
 	// or stale state file) does not hand that netns over again.
 	forged := e.pod("forged", "mesh", true)

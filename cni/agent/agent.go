@@ -76,6 +76,12 @@ type Config struct {
 	// Ready, if set, is part of Status: e.g. "the plugin is installed" and
 	// "the ZDS server is serving".
 	Ready func(ctx context.Context) error
+	// Verifier decides whether a netns given for a pod (CNI ADD) or
+	// recorded for it (the pod source) is the pod's own, before anything
+	// is captured or handed to ztunnel. nil: RecordVerifier, the pod
+	// source's record (right for LocalSource; on Kubernetes use
+	// ProcVerifier).
+	Verifier NetnsVerifier
 	// Annotator, if set, marks pods as captured or released in the
 	// cluster: Reconcile makes every source pod's mark (Pod.Redirected)
 	// match whether the agent tracks it, and Enroll marks a pod at once.
@@ -87,7 +93,9 @@ type Config struct {
 // tracked is a pod the agent captured and handed (or is handing) to ztunnel.
 type tracked struct {
 	pod   Pod
-	netns string // path of the netns the rules are in
+	netns string   // path the netns was opened from, for messages
+	ns    *os.File // the verified netns, open while tracked
+	id    netns.ID
 }
 
 // Agent implements agentapi.Handler and reconciles the node's pods. Safe for
@@ -128,6 +136,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.ResyncInterval <= 0 {
 		cfg.ResyncInterval = DefaultResyncInterval
 	}
+	if cfg.Verifier == nil {
+		cfg.Verifier = RecordVerifier{}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -139,7 +150,8 @@ func New(cfg Config) (*Agent, error) {
 	}, nil
 }
 
-// Snapshot implements zds.SnapshotSource: the captured pods, by netns path.
+// Snapshot implements zds.SnapshotSource: the captured pods with their
+// verified netns files (borrowed: the ZDS server duplicates them).
 func (a *Agent) Snapshot() []zds.Pod {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -147,7 +159,7 @@ func (a *Agent) Snapshot() []zds.Pod {
 	for _, t := range a.pods {
 		out = append(out, zds.Pod{
 			UID: t.pod.UID, Name: t.pod.Name, Namespace: t.pod.Namespace,
-			ServiceAccount: t.pod.ServiceAccount, NetnsPath: t.netns,
+			ServiceAccount: t.pod.ServiceAccount, Netns: t.ns, NetnsPath: t.netns,
 		})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].UID < out[j].UID })
@@ -166,16 +178,62 @@ func (a *Agent) Captured() []string {
 	return out
 }
 
-func (a *Agent) track(p Pod, path string) {
+// track records a captured pod; it takes ownership of ns.
+func (a *Agent) track(p Pod, path string, ns *os.File, id netns.ID) {
 	a.mu.Lock()
-	a.pods[p.UID] = tracked{pod: p, netns: path}
+	old, ok := a.pods[p.UID]
+	a.pods[p.UID] = tracked{pod: p, netns: path, ns: ns, id: id}
 	a.mu.Unlock()
+	if ok && old.ns != ns {
+		old.ns.Close()
+	}
 }
 
 func (a *Agent) untrack(uid string) {
 	a.mu.Lock()
+	t, ok := a.pods[uid]
 	delete(a.pods, uid)
 	a.mu.Unlock()
+	if ok {
+		t.ns.Close()
+	}
+}
+
+// claimedBy returns a tracked pod other than uid whose netns is id.
+func (a *Agent) claimedBy(uid string, id netns.ID) (tracked, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for u, t := range a.pods {
+		if u != uid && t.id == id {
+			return t, true
+		}
+	}
+	return tracked{}, false
+}
+
+// openVerified opens the netns at path for pod and checks that it is the
+// pod's (Config.Verifier) and not already captured for another pod. The
+// caller owns the returned file; the checks apply to it, not to the path,
+// so the path cannot be swapped after the check.
+func (a *Agent) openVerified(ctx context.Context, pod Pod, path string) (*os.File, netns.ID, error) {
+	ns, err := netns.Open(path)
+	if err != nil {
+		return nil, netns.ID{}, fmt.Errorf("enrolling pod %s on node %s: %w", pod.Key(), a.cfg.Node, err)
+	}
+	id, err := netns.IDOf(ns)
+	if err == nil {
+		err = a.cfg.Verifier.VerifyNetns(ctx, pod, path, id)
+	}
+	if err == nil {
+		if t, ok := a.claimedBy(pod.UID, id); ok {
+			err = fmt.Errorf("%w: netns %s (%s) is already captured for pod %s (uid %s), not pod %s's (uid %s)", ErrForeignNetns, path, id, t.pod.Key(), t.pod.UID, pod.Key(), pod.UID)
+		}
+	}
+	if err != nil {
+		ns.Close()
+		return nil, netns.ID{}, fmt.Errorf("refusing to enroll pod %s on node %s (nothing captured): %w", pod.Key(), a.cfg.Node, err)
+	}
+	return ns, id, nil
 }
 
 func (a *Agent) lookup(uid string) (tracked, bool) {
@@ -222,6 +280,15 @@ func (a *Agent) Enroll(ctx context.Context, req agentapi.EnrollRequest) (agentap
 	log := a.log.With("pod", pod.Name, "namespace", pod.Namespace, "uid", pod.UID)
 	d := enrollment.Decide(pod.Labels, pod.NamespaceLabels)
 	if !d.Enrolled {
+		// A pod outside the mesh must not start in a netns ztunnel
+		// proxies for another pod: its traffic would leave as that pod.
+		if id, err := netns.IDOfPath(req.Netns); err == nil {
+			if t, ok := a.claimedBy(pod.UID, id); ok {
+				err := fmt.Errorf("%w: refusing pod %s on node %s: its netns %s (%s) is captured for pod %s (uid %s)", ErrForeignNetns, pod.Key(), a.cfg.Node, req.Netns, id, t.pod.Key(), t.pod.UID)
+				log.Error("refusing a pod outside the mesh: its netns is another pod's", "netns", req.Netns, "err", err)
+				return agentapi.EnrollResponse{}, err
+			}
+		}
 		log.Debug("pod not enrolled", "reason", d.Reason)
 		return agentapi.EnrollResponse{Enrolled: false, Reason: d.Reason}, nil
 	}
@@ -230,8 +297,12 @@ func (a *Agent) Enroll(ctx context.Context, req agentapi.EnrollRequest) (agentap
 		return agentapi.EnrollResponse{}, fmt.Errorf("enrolling pod %s: %w", pod.Key(), err)
 	}
 	defer unlock()
-	if err := a.captureAndAdd(ctx, pod, req.Netns, false); err != nil {
-		log.Error("enrolling pod failed; capture rules stay in place (fail closed)", "err", err)
+	if err := a.enrollCapture(ctx, pod, req.Netns); err != nil {
+		if errors.Is(err, ErrForeignNetns) {
+			log.Error("refusing to enroll pod: the netns is not the pod's; nothing captured", "netns", req.Netns, "err", err)
+		} else {
+			log.Error("enrolling pod failed; capture rules stay in place (fail closed)", "err", err)
+		}
 		return agentapi.EnrollResponse{}, err
 	}
 	log.Info("pod enrolled", "reason", d.Reason, "netns", req.Netns)
@@ -268,6 +339,31 @@ func (a *Agent) waitForPod(ctx context.Context, req agentapi.EnrollRequest) (Pod
 	}
 }
 
+// enrollCapture is captureAndAdd for Enroll; while the pod source has no
+// netns record for the pod yet (a record that lags the CNI ADD), it waits
+// for the source up to PodWait.
+func (a *Agent) enrollCapture(ctx context.Context, pod Pod, path string) error {
+	timer := time.NewTimer(a.cfg.PodWait)
+	defer timer.Stop()
+	for {
+		changed := a.cfg.Source.Changed()
+		if p, ok, _ := a.sourcePod(pod.UID); ok {
+			pod = p
+		}
+		err := a.captureAndAdd(ctx, pod, path, false)
+		if !errors.Is(err, ErrNetnsUnrecorded) {
+			return err
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return err
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
 // captureAndAdd installs the rules in the netns at path, then hands the pod
 // to ztunnel and waits for its ack. The caller holds the pod's lock. On a
 // hand-off failure the rules stay (fail closed) and the pod is untracked.
@@ -276,17 +372,17 @@ func (a *Agent) waitForPod(ctx context.Context, req agentapi.EnrollRequest) (Pod
 // pod stays tracked without waiting, and the next ztunnel connection's
 // snapshot carries it. Enroll (not lazy) must know ztunnel has the pod.
 func (a *Agent) captureAndAdd(ctx context.Context, pod Pod, path string, lazy bool) error {
-	ns, err := netns.Open(path)
+	ns, id, err := a.openVerified(ctx, pod, path)
 	if err != nil {
-		return fmt.Errorf("enrolling pod %s on node %s: %w", pod.Key(), a.cfg.Node, err)
+		return err
 	}
-	defer ns.Close()
 	if err := a.cfg.Capture.Install(ctx, ns, a.cfg.CaptureConfig); err != nil {
+		ns.Close()
 		return fmt.Errorf("installing %s capture rules in pod %s (netns %s) on node %s: %w", a.cfg.Capture.Name(), pod.Key(), path, a.cfg.Node, err)
 	}
-	// Tracked before the add, so a ztunnel reconnecting meanwhile gets the
-	// pod in its snapshot (see zds.SnapshotSource).
-	a.track(pod, path)
+	// Tracked (owning ns) before the add, so a ztunnel reconnecting
+	// meanwhile gets the pod in its snapshot (see zds.SnapshotSource).
+	a.track(pod, path, ns, id)
 	if lazy && !a.cfg.ZDS.Connected() {
 		a.log.Info("ztunnel not connected; the pod goes into its snapshot when it connects", "pod", pod.Name, "namespace", pod.Namespace)
 		return nil
@@ -350,7 +446,7 @@ func (a *Agent) Release(ctx context.Context, req agentapi.ReleaseRequest) error 
 	if uid == "" {
 		// Never captured by this agent; an earlier agent may have: remove
 		// whatever rules of ours are in the namespace.
-		return a.removeRules(ctx, req.String(), req.Netns)
+		return a.removeRules(ctx, "", req.String(), req.Netns)
 	}
 	unlock, err := a.locks.lock(ctx, uid)
 	if err != nil {
@@ -360,19 +456,16 @@ func (a *Agent) Release(ctx context.Context, req agentapi.ReleaseRequest) error 
 	return a.releaseLocked(ctx, uid, req.String(), req.Netns)
 }
 
-// releaseLocked removes the rules (from path, or the tracked netns when
-// path is empty), untracks the pod and sends ztunnel a del when it was
-// tracked. The caller holds the pod's lock.
+// releaseLocked removes the rules (from the tracked netns when the pod is
+// tracked, whatever path says; else from path), untracks the pod and sends
+// ztunnel a del when it was tracked. The caller holds the pod's lock.
 func (a *Agent) releaseLocked(ctx context.Context, uid, name, path string) error {
 	t, ok := a.lookup(uid)
-	if path == "" && ok {
-		path = t.netns
-	}
-	if err := a.removeRules(ctx, name, path); err != nil {
-		return err
-	}
 	if !ok {
-		return nil
+		return a.removeRules(ctx, uid, name, path)
+	}
+	if err := a.cfg.Capture.Remove(ctx, t.ns); err != nil {
+		return fmt.Errorf("removing capture rules of pod %s (netns %s) on node %s: %w", name, t.netns, a.cfg.Node, err)
 	}
 	a.untrack(uid)
 	log := a.log.With("pod", t.pod.Name, "namespace", t.pod.Namespace, "uid", uid)
@@ -386,7 +479,10 @@ func (a *Agent) releaseLocked(ctx context.Context, uid, name, path string) error
 	return nil
 }
 
-func (a *Agent) removeRules(ctx context.Context, name, path string) error {
+// removeRules removes our rules from the netns at path, for a pod the
+// agent does not track (uid may be empty). It refuses a netns captured for
+// a tracked pod: releasing one pod must not uncapture another.
+func (a *Agent) removeRules(ctx context.Context, uid, name, path string) error {
 	if path == "" {
 		return nil
 	}
@@ -398,6 +494,13 @@ func (a *Agent) removeRules(ctx context.Context, name, path string) error {
 		return fmt.Errorf("releasing pod %s on node %s: %w", name, a.cfg.Node, err)
 	}
 	defer ns.Close()
+	id, err := netns.IDOf(ns)
+	if err != nil {
+		return fmt.Errorf("releasing pod %s on node %s: %w", name, a.cfg.Node, err)
+	}
+	if t, ok := a.claimedBy(uid, id); ok {
+		return fmt.Errorf("%w: refusing to release pod %s on node %s: netns %s (%s) is captured for pod %s (uid %s)", ErrForeignNetns, name, a.cfg.Node, path, id, t.pod.Key(), t.pod.UID)
+	}
 	if err := a.cfg.Capture.Remove(ctx, ns); err != nil {
 		return fmt.Errorf("removing capture rules of pod %s (netns %s) on node %s: %w", name, path, a.cfg.Node, err)
 	}
@@ -428,19 +531,15 @@ func (a *Agent) Check(ctx context.Context, req agentapi.CheckRequest) (agentapi.
 	}
 	defer unlock()
 	t, ok := a.lookup(pod.UID)
-	path := req.Netns
-	if path == "" {
-		path = t.netns
-	}
 	if !ok {
 		return agentapi.CheckResponse{Enrolled: true, Reason: "enrolled pod is not captured by the agent yet (it is retried at the next reconcile)"}, nil
 	}
-	ns, err := netns.Open(path)
-	if err != nil {
-		return agentapi.CheckResponse{Enrolled: true, Reason: err.Error()}, nil
+	if req.Netns != "" {
+		if id, err := netns.IDOfPath(req.Netns); err != nil || id != t.id {
+			return agentapi.CheckResponse{Enrolled: true, Reason: fmt.Sprintf("netns %s is not the one the agent captured for the pod (%s, %s)", req.Netns, t.netns, t.id)}, nil
+		}
 	}
-	defer ns.Close()
-	if err := a.cfg.Capture.Verify(ctx, ns, a.cfg.CaptureConfig); err != nil {
+	if err := a.cfg.Capture.Verify(ctx, t.ns, a.cfg.CaptureConfig); err != nil {
 		return agentapi.CheckResponse{Enrolled: true, Reason: err.Error()}, nil
 	}
 	return agentapi.CheckResponse{Enrolled: true, CaptureInPlace: true}, nil
@@ -500,15 +599,18 @@ func (a *Agent) discoverOne(ctx context.Context, p Pod) bool {
 	if _, ok := a.lookup(p.UID); ok {
 		return false
 	}
-	ns, err := netns.Open(p.Netns)
+	ns, id, err := a.openVerified(ctx, p, p.Netns)
 	if err != nil {
+		if errors.Is(err, ErrForeignNetns) {
+			a.log.Warn("not taking over a captured netns: it is not the pod's", "pod", p.Name, "namespace", p.Namespace, "netns", p.Netns, "err", err)
+		}
 		return false
 	}
-	defer ns.Close()
 	if err := a.cfg.Capture.Verify(ctx, ns, a.cfg.CaptureConfig); err != nil {
+		ns.Close()
 		return false
 	}
-	a.track(p, p.Netns)
+	a.track(p, p.Netns, ns, id)
 	a.log.Debug("found captured pod", "pod", p.Name, "namespace", p.Namespace, "uid", p.UID)
 	return true
 }
@@ -615,11 +717,7 @@ func (a *Agent) reconcileRelease(ctx context.Context, uid string) error {
 	if !synced || (inSource && enrollment.Enrolled(p.Labels, p.NamespaceLabels)) {
 		return nil
 	}
-	path := t.netns
-	if inSource && p.Netns != "" {
-		path = p.Netns
-	}
-	return a.releaseLocked(ctx, uid, t.pod.Key(), path)
+	return a.releaseLocked(ctx, uid, t.pod.Key(), "")
 }
 
 // Run reconciles at once, on every source change and every ResyncInterval

@@ -108,6 +108,8 @@ type env struct {
 	// marks, if set before start, is the agent's Annotator and overlays
 	// its marks on the source's pods.
 	marks *markStore
+	// verifier, if set before start, is the agent's Verifier.
+	verifier agent.NetnsVerifier
 
 	zdsPath string
 	srv     *zds.Server
@@ -200,6 +202,7 @@ func (e *env) start(run bool) {
 	cfg := agent.Config{
 		Node: node, Source: e.src, Capture: e.backend, ZDS: srv,
 		PodWait: 3 * time.Second, ZtunnelWait: 300 * time.Millisecond, ResyncInterval: time.Hour,
+		Verifier: e.verifier,
 	}
 	if e.marks != nil {
 		e.marks.PodSource = e.src
@@ -349,8 +352,10 @@ func TestEnrollWaitsForPodAndAck(t *testing.T) {
 	if got := e.agent.Captured(); !slices.Equal(got, []string{a.UID}) {
 		t.Errorf("Captured = %v", got)
 	}
-	if snap := e.agent.Snapshot(); len(snap) != 1 || snap[0].NetnsPath != a.Netns || snap[0].ServiceAccount != "sa" {
+	if snap := e.agent.Snapshot(); len(snap) != 1 || snap[0].NetnsPath != a.Netns || snap[0].ServiceAccount != "sa" || snap[0].Netns == nil {
 		t.Errorf("Snapshot = %+v", snap)
+	} else if id, err := netns.IDOf(snap[0].Netns); err != nil || id.Ino != inode(t, a) {
+		t.Errorf("Snapshot's netns file is %v (%v), want the pod's (inode %d)", id, err, inode(t, a))
 	}
 	cr, err := e.agent.Check(context.Background(), agentapi.CheckRequest{PodRef: ref(a)})
 	if err != nil || !cr.Enrolled || !cr.CaptureInPlace {

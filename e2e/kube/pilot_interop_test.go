@@ -327,7 +327,7 @@ func (m *mesh) startPilotNode(ctx context.Context, node string) {
 		"--node", node, "--pod-source", "kubernetes", "--kubeconfig", agentKC,
 		"--agent-socket", filepath.Join(nd, "cni-agent.sock"), "--zds-socket", zds,
 		"--cni-bin-dir", filepath.Join(m.dir, "cni-bin"), "--cni-conf-dir", m.nodes.NetD(node),
-		"--plugin-binary", filepath.Join(m.bin, "ambit-cni"), "--uninstall-on-exit", "--log-level", "debug",
+		"--plugin-binary", filepath.Join(m.bin, "ambit-cni"), "--uninstall-on-exit", "--log-level", "debug", "--trust-netns-annotation",
 	}, nil); err != nil {
 		t.Fatal(err)
 	}

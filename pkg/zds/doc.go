@@ -45,11 +45,25 @@
 // the connection; [Client.Run] reconnects with exponential backoff and the
 // agent resends a full snapshot.
 //
-// Server (agent side): a malformed hello, a malformed ack, an ack carrying
-// fds, a message while no request is outstanding, or an ack that does not
-// arrive within the ack timeout ends that ztunnel connection (a late ack could
-// otherwise be matched to the wrong request). ztunnel reconnects and receives
-// a full snapshot. A newer ztunnel connection replaces the current one.
+// Server (agent side): a malformed or missing hello refuses the new
+// connection (see Admission). A malformed ack, an ack carrying fds, a
+// message while no request is outstanding, or an ack that does not arrive
+// within the ack timeout ends that ztunnel connection (a late ack could
+// otherwise be matched to the wrong request). ztunnel reconnects and
+// receives a full snapshot.
+//
+// # Admission
+//
+// A new connection is checked before it may touch the current one: the
+// peer's effective uid (SO_PEERCRED) must be allowed (default: root and the
+// agent's own uid) and pass the optional VerifyPeer hook, then a valid
+// hello must arrive within the ack timeout. Only then does it replace the
+// current connection (a ztunnel restart). A refused connection is closed,
+// logged with the peer's pid and uid, counted ([Server.Refused]) and
+// reported to OnRefused; the current ztunnel never notices it. At most
+// MaxPending connections wait for their hello; a newer one drops the
+// oldest waiting, so idle connections cannot keep a real ztunnel out (it
+// sends its hello at once) nor exhaust the agent.
 //
 // # Concurrency and ownership
 //

@@ -38,6 +38,9 @@ var (
 	ErrOversized = errors.New("zds message too large")
 	// ErrTruncated: ancillary data (fds) was truncated by the kernel.
 	ErrTruncated = errors.New("zds control message truncated")
+	// ErrRefused: the Server refused a connection (peer not allowed, bad
+	// or missing hello, too many connections waiting for their hello).
+	ErrRefused = errors.New("zds connection refused")
 )
 
 // AckError is returned by Server.AddPod / DelPod when ztunnel acked the
@@ -271,6 +274,26 @@ func decodeHello(b []byte) (zdsapi.Version, error) {
 		return 0, fmt.Errorf("%w: hello: %v", ErrMalformed, err)
 	}
 	return m.GetVersion(), nil
+}
+
+// parseHello validates a received hello packet: no fds, a well-formed
+// ZdsHello, a known version. It closes the packet's fds.
+func parseHello(p packet) (zdsapi.Version, error) {
+	closeFDs(p.fds)
+	if p.err != nil {
+		return 0, p.err
+	}
+	if len(p.fds) > 0 {
+		return 0, fmt.Errorf("%w: hello carries %d fds", ErrMalformed, len(p.fds))
+	}
+	v, err := decodeHello(p.data)
+	if err != nil {
+		return 0, err
+	}
+	if v < zdsapi.Version_V1 {
+		return 0, fmt.Errorf("%w: hello with unsupported version %v", ErrMalformed, v)
+	}
+	return v, nil
 }
 
 func encodeHello(v zdsapi.Version) ([]byte, error) {

@@ -226,6 +226,38 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
+// FuzzHello: parseHello never panics, never leaks an fd, and accepts only
+// fd-free, well-formed hellos of a known version.
+func FuzzHello(f *testing.F) {
+	f.Add(mustMarshal(f, &zdsapi.ZdsHello{Version: zdsapi.Version_V1}), uint8(0))
+	f.Add([]byte{0x08, 0x00}, uint8(0))
+	f.Add([]byte{0x08, 0x01}, uint8(1))
+	f.Add([]byte{0xff, 0xff}, uint8(0))
+	f.Add([]byte{0x50, 0x01}, uint8(0))
+	f.Fuzz(func(t *testing.T, data []byte, nfds uint8) {
+		n := int(nfds % (maxFDs + 1))
+		fds := make([]int, 0, n)
+		for range n {
+			fds = append(fds, openDevNull(t))
+		}
+		v, err := parseHello(packet{data: data, fds: fds})
+		for _, fd := range fds {
+			if !fdClosed(fd) {
+				t.Fatalf("fd %d leaked (err=%v)", fd, err)
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		if n > 0 || v < zdsapi.Version_V1 {
+			t.Fatalf("accepted hello with %d fds, version %v", n, v)
+		}
+	})
+}
+
 func TestKindString(t *testing.T) {
 	if KindAdd.String() != "add" || Kind(42).String() != "Kind(42)" {
 		t.Fatal(KindAdd.String(), Kind(42).String())

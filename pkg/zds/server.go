@@ -10,7 +10,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,6 +25,17 @@ const DefaultSocketPath = "/var/run/ztunnel/ztunnel.sock"
 
 // DefaultAckTimeout bounds the wait for one ack (and for ztunnel's hello).
 const DefaultAckTimeout = 5 * time.Second
+
+// DefaultMaxPending is ServerConfig.MaxPending's default.
+const DefaultMaxPending = 16
+
+// Peer is the process at the other end of a ZDS connection, as the kernel
+// recorded it when the process connected (SO_PEERCRED).
+type Peer struct {
+	PID int32
+	UID uint32
+	GID uint32
+}
 
 // Pod is one workload the agent hands to ztunnel.
 type Pod struct {
@@ -66,24 +79,45 @@ type ServerConfig struct {
 	// AckTimeout bounds the wait for each ack and for the hello;
 	// DefaultAckTimeout if zero.
 	AckTimeout time.Duration
+	// AllowedUIDs are the user ids a ztunnel may connect as (the peer's
+	// effective uid, SO_PEERCRED). Empty: root and the agent's own
+	// effective uid.
+	AllowedUIDs []uint32
+	// VerifyPeer, if set, further checks a peer whose uid is allowed,
+	// before its hello is read; an error refuses the connection.
+	VerifyPeer func(Peer) error
+	// MaxPending bounds the connections accepted whose hello has not
+	// arrived yet; DefaultMaxPending if zero. A new connection past the
+	// bound drops the oldest waiting one, so a flood of idle connections
+	// delays a real ztunnel by at most its own hello.
+	MaxPending int
+	// OnRefused, if set, is called once for every refused connection (uid
+	// not allowed, VerifyPeer failed, bad or missing hello, dropped while
+	// waiting), from the Server's goroutines. Refused counts them too.
+	OnRefused func(p Peer, reason error)
 	// Logger; discards if nil.
 	Logger *slog.Logger
 }
 
 // Server is the agent side of ZDS: it listens on the socket, serves one
-// ztunnel connection at a time (a newer connection replaces the current one)
-// and sends it the snapshot, then AddPod/DelPod requests. Safe for
-// concurrent use.
+// ztunnel connection at a time and sends it the snapshot, then
+// AddPod/DelPod requests. A new connection is verified first (peer uid,
+// VerifyPeer, then a valid hello within the ack timeout); only a verified
+// connection replaces the current one, so a refused one never disturbs it.
+// Safe for concurrent use.
 type Server struct {
-	cfg  ServerConfig
-	log  *slog.Logger
-	ln   *net.UnixListener
-	ino  uint64 // inode of the socket file we created
-	wg   sync.WaitGroup
-	stop chan struct{}
+	cfg     ServerConfig
+	log     *slog.Logger
+	ln      *net.UnixListener
+	ino     uint64 // inode of the socket file we created
+	allowed []uint32
+	wg      sync.WaitGroup
+	stop    chan struct{}
+	refused atomic.Uint64
 
 	mu      sync.Mutex
 	cur     *serverConn
+	pending []*serverConn // accepted, hello not verified yet; oldest first
 	changed chan struct{} // closed and replaced when cur or its readiness changes
 	closed  bool
 }
@@ -100,6 +134,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.AckTimeout <= 0 {
 		cfg.AckTimeout = DefaultAckTimeout
 	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	allowed := slices.Clone(cfg.AllowedUIDs)
+	if len(allowed) == 0 {
+		allowed = []uint32{0, uint32(os.Geteuid())}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -109,7 +150,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		cfg: cfg, log: log, ln: ln, ino: ino,
+		cfg: cfg, log: log, ln: ln, ino: ino, allowed: allowed,
 		stop:    make(chan struct{}),
 		changed: make(chan struct{}),
 	}, nil
@@ -202,27 +243,96 @@ func (s *Server) Serve(ctx context.Context) error {
 			continue
 		}
 		tempDelay = 0
-		sc := newServerConn(s, c)
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			continue
-		}
-		old := s.cur
-		s.cur = sc
-		s.notifyLocked()
-		s.wg.Add(1)
-		s.mu.Unlock()
-		if old != nil {
-			s.log.Info("new ztunnel connection replaces the current one")
-			old.close(fmt.Errorf("%w: replaced by a newer ztunnel connection", ErrConnClosed))
-		}
-		go func() {
-			defer s.wg.Done()
-			s.handle(sc)
-		}()
+		s.admit(c)
 	}
+}
+
+// admit checks a new connection's peer and, if allowed, starts waiting for
+// its hello as a pending connection; it never blocks on the peer.
+func (s *Server) admit(c *net.UnixConn) {
+	peer, err := peerOf(c)
+	if err == nil {
+		err = s.checkPeer(peer)
+	}
+	if err != nil {
+		c.Close()
+		s.refuse(peer, err)
+		return
+	}
+	sc := newServerConn(s, c, peer)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	var evicted *serverConn
+	if len(s.pending) >= s.cfg.MaxPending {
+		evicted = s.pending[0]
+		s.pending = slices.Delete(s.pending, 0, 1)
+	}
+	s.pending = append(s.pending, sc)
+	s.wg.Add(1)
+	s.mu.Unlock()
+	if evicted != nil {
+		// Its handle goroutine reports the refusal.
+		evicted.close(fmt.Errorf("%w: dropped while waiting for its hello: more than %d connections waiting", ErrRefused, s.cfg.MaxPending))
+	}
+	go func() {
+		defer s.wg.Done()
+		s.handle(sc)
+	}()
+}
+
+// checkPeer applies the uid policy and VerifyPeer.
+func (s *Server) checkPeer(p Peer) error {
+	if !slices.Contains(s.allowed, p.UID) {
+		return fmt.Errorf("%w: peer uid %d is not allowed (allowed uids %v)", ErrRefused, p.UID, s.allowed)
+	}
+	if s.cfg.VerifyPeer != nil {
+		if err := s.cfg.VerifyPeer(p); err != nil {
+			return fmt.Errorf("%w: %v", ErrRefused, err)
+		}
+	}
+	return nil
+}
+
+// refuse logs and counts a refused connection.
+func (s *Server) refuse(p Peer, reason error) {
+	s.refused.Add(1)
+	s.log.Warn("refused ztunnel connection; the current one, if any, stays", "pid", p.PID, "uid", p.UID, "error", reason)
+	if s.cfg.OnRefused != nil {
+		s.cfg.OnRefused(p, reason)
+	}
+}
+
+// Refused returns how many connections the Server refused since it started.
+func (s *Server) Refused() uint64 { return s.refused.Load() }
+
+// pendingCount returns how many connections are waiting for their hello.
+func (s *Server) pendingCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
+// peerOf reads the credentials the kernel recorded for c's peer.
+func peerOf(c *net.UnixConn) (Peer, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return Peer{PID: -1}, fmt.Errorf("reading peer credentials: %w", err)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return Peer{PID: -1}, fmt.Errorf("reading peer credentials: %w", err)
+	}
+	if cerr != nil {
+		return Peer{PID: -1}, fmt.Errorf("reading peer credentials (SO_PEERCRED): %w", cerr)
+	}
+	return Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
 }
 
 // Close stops accepting, drops the ztunnel connection, removes the socket
@@ -237,11 +347,16 @@ func (s *Server) Close() error {
 	close(s.stop)
 	cur := s.cur
 	s.cur = nil
+	pending := s.pending
+	s.pending = nil
 	s.notifyLocked()
 	s.mu.Unlock()
 	err := s.ln.Close()
 	if cur != nil {
 		cur.close(ErrServerClosed)
+	}
+	for _, sc := range pending {
+		sc.close(ErrServerClosed)
 	}
 	if fi, lerr := os.Lstat(s.cfg.Path); lerr == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Ino == s.ino {
@@ -398,8 +513,8 @@ func dupNetns(p Pod) (int, error) {
 	return fd, nil
 }
 
-// handle runs one ztunnel connection: hello, snapshot, then reads acks
-// until the connection ends.
+// handle runs one ztunnel connection: hello (the connection is pending
+// until then), snapshot, then reads acks until the connection ends.
 func (s *Server) handle(sc *serverConn) {
 	defer func() {
 		s.mu.Lock()
@@ -412,9 +527,7 @@ func (s *Server) handle(sc *serverConn) {
 	log := sc.log
 	// sc.turn is held (pre-filled) until the snapshot has been sent.
 	ver, err := sc.readHello(s.cfg.AckTimeout)
-	if err != nil {
-		log.Warn("dropping ztunnel connection: bad hello", "error", err)
-		sc.close(fmt.Errorf("%w: bad hello: %v", ErrConnClosed, err))
+	if !s.promote(sc, err) {
 		return
 	}
 	log.Info("ztunnel connected", "version", ver.String())
@@ -433,6 +546,45 @@ func (s *Server) handle(sc *serverConn) {
 	<-sc.turn
 	<-sc.done
 	log.Info("ztunnel connection ended", "reason", sc.err())
+}
+
+// promote makes a pending connection whose hello was read (helloErr nil)
+// the current one, closing the one it replaces. Otherwise it closes and
+// refuses sc and returns false; the current connection is left alone.
+func (s *Server) promote(sc *serverConn, helloErr error) bool {
+	s.mu.Lock()
+	i := slices.Index(s.pending, sc)
+	if i >= 0 {
+		s.pending = slices.Delete(s.pending, i, i+1)
+	}
+	closed := s.closed
+	var old *serverConn
+	if helloErr == nil && i >= 0 && !closed {
+		old = s.cur
+		s.cur = sc
+		s.notifyLocked()
+		s.mu.Unlock()
+		if old != nil {
+			s.log.Info("verified ztunnel connection replaces the current one", "pid", sc.peer.PID, "uid", sc.peer.UID)
+			old.close(fmt.Errorf("%w: replaced by a newer ztunnel connection", ErrConnClosed))
+		}
+		return true
+	}
+	s.mu.Unlock()
+	if closed {
+		sc.close(ErrServerClosed)
+		return false
+	}
+	reason := sc.err() // set when dropped while pending
+	if reason == nil {
+		if helloErr == nil {
+			helloErr = errors.New("dropped while waiting")
+		}
+		reason = fmt.Errorf("%w: bad hello: %v", ErrRefused, helloErr)
+		sc.close(reason)
+	}
+	s.refuse(sc.peer, reason)
+	return false
 }
 
 func (s *Server) sendSnapshot(sc *serverConn) error {
@@ -483,6 +635,7 @@ func (s *Server) sendSnapshot(sc *serverConn) error {
 type serverConn struct {
 	s    *Server
 	c    *net.UnixConn
+	peer Peer
 	log  *slog.Logger
 	turn chan struct{} // capacity 1: held by the current writer
 	acks chan ackResult
@@ -498,9 +651,9 @@ type ackResult struct {
 	msg string
 }
 
-func newServerConn(s *Server, c *net.UnixConn) *serverConn {
+func newServerConn(s *Server, c *net.UnixConn, peer Peer) *serverConn {
 	sc := &serverConn{
-		s: s, c: c, log: s.log,
+		s: s, c: c, peer: peer, log: s.log.With("pid", peer.PID),
 		turn: make(chan struct{}, 1),
 		acks: make(chan ackResult, 1),
 		done: make(chan struct{}),
@@ -533,21 +686,14 @@ func (sc *serverConn) readHello(timeout time.Duration) (zdsapi.Version, error) {
 	}
 	p, err := recvPacket(sc.c)
 	if err != nil {
+		if os.IsTimeout(err) {
+			return 0, fmt.Errorf("no hello within %v", timeout)
+		}
 		return 0, err
 	}
-	closeFDs(p.fds)
-	if p.err != nil {
-		return 0, p.err
-	}
-	if len(p.fds) > 0 {
-		return 0, fmt.Errorf("%w: hello carries %d fds", ErrMalformed, len(p.fds))
-	}
-	v, err := decodeHello(p.data)
+	v, err := parseHello(p)
 	if err != nil {
 		return 0, err
-	}
-	if v < 1 {
-		return 0, fmt.Errorf("%w: hello with unsupported version %v", ErrMalformed, v)
 	}
 	if err := sc.c.SetReadDeadline(time.Time{}); err != nil {
 		return 0, err

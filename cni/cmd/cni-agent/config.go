@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ambit-mesh/ambit/cni/agent"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/capture"
 	"github.com/ambit-mesh/ambit/cni/install"
@@ -36,6 +37,10 @@ const (
 	FlagUninstallOnExit = "uninstall-on-exit"
 	FlagPodWait         = "pod-wait"
 	FlagZtunnelWait     = "ztunnel-wait"
+	// FlagTrustNetnsAnnotation lets a pod's NetnsAnnotation decide a netns
+	// no pod's process runs in. For test nodes only (e2e/kube/testnode):
+	// anyone allowed to patch a pod can write the annotation.
+	FlagTrustNetnsAnnotation = "trust-netns-annotation"
 )
 
 // Environment variables, read as defaults that flags override.
@@ -91,6 +96,8 @@ type Config struct {
 	UninstallOnExit bool
 	PodWait         time.Duration
 	ZtunnelWait     time.Duration
+	// TrustNetnsAnnotation: see FlagTrustNetnsAnnotation.
+	TrustNetnsAnnotation bool
 }
 
 // parseConfig parses args over the environment (getenv) and validates the
@@ -124,6 +131,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	fs.BoolVar(&c.UninstallOnExit, FlagUninstallOnExit, uninstallDefault, "remove ambit-cni from the CNI config on exit, for local mode teardown (env "+EnvUninstallOnExit+")")
 	fs.StringVar(&podWait, FlagPodWait, env(EnvPodWait, DefaultPodWait.String()), "how long an enroll waits for its pod to appear (env "+EnvPodWait+")")
 	fs.StringVar(&ztWait, FlagZtunnelWait, env(EnvZtunnelWait, DefaultZtunnelWait.String()), "how long an enroll waits for ztunnel to connect (env "+EnvZtunnelWait+")")
+	fs.BoolVar(&c.TrustNetnsAnnotation, FlagTrustNetnsAnnotation, false, "test nodes only, with --"+FlagPodSource+" "+PodSourceKubernetes+": accept a pod's netns that no pod's process runs in when the pod's annotation "+agent.NetnsAnnotation+" names it (anyone who can patch the pod can write it)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -205,6 +213,9 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	}
 	if c.PodSource == PodSourceLocal && c.Kubeconfig != "" {
 		bad(FlagKubeconfig, EnvKubeconfig, "only for --%s %s", FlagPodSource, PodSourceKubernetes)
+	}
+	if c.PodSource == PodSourceLocal && c.TrustNetnsAnnotation {
+		errs = append(errs, fmt.Errorf("--%s: only for --%s %s; local mode checks netns against its cluster state", FlagTrustNetnsAnnotation, FlagPodSource, PodSourceKubernetes))
 	}
 	if len(errs) == 0 {
 		if fi, err := os.Stat(c.PluginBinary); err != nil || !fi.Mode().IsRegular() {

@@ -56,8 +56,12 @@ func TestParseConfigKubernetes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.PodSource != PodSourceKubernetes || c.Kubeconfig != "/k/node-a.kubeconfig" || c.ClusterState != "" {
+	if c.PodSource != PodSourceKubernetes || c.Kubeconfig != "/k/node-a.kubeconfig" || c.ClusterState != "" || c.TrustNetnsAnnotation {
 		t.Errorf("got %+v", c)
+	}
+	c, err = parseConfig([]string{"--node", "node-a", "--pod-source", "kubernetes", "--trust-netns-annotation"}, noEnv, exe, io.Discard)
+	if err != nil || !c.TrustNetnsAnnotation {
+		t.Errorf("--trust-netns-annotation: %+v %v", c, err)
 	}
 	// No kubeconfig: in-cluster config.
 	env := map[string]string{EnvNode: "n", EnvPodSource: "kubernetes"}
@@ -104,6 +108,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"no cluster state", []string{"--node", "n"}, nil, []string{"--cluster-state", "required with --pod-source local"}},
 		{"kubernetes with cluster state", append(base, "--pod-source", "kubernetes"), nil, []string{"--cluster-state", "only for --pod-source local"}},
 		{"kubeconfig with local", append(base, "--kubeconfig", "/k"), nil, []string{"--kubeconfig", "only for --pod-source kubernetes"}},
+		{"trust annotation with local", append(base, "--trust-netns-annotation"), nil, []string{"--trust-netns-annotation", "only for --pod-source kubernetes"}},
 		{"unknown source", append(base, "--pod-source", "etcd"), nil, []string{"--pod-source", `unknown pod source "etcd"`}},
 		{"capture", append(base, "--capture", "ebpf"), nil, []string{"--capture", `"ebpf"`, "nftables, iptables or auto"}},
 		{"health addr", append(base, "--health-addr", "8000"), nil, []string{"--health-addr", "host:port"}},

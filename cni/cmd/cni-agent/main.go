@@ -31,6 +31,7 @@ import (
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/capture"
 	"github.com/ambit-mesh/ambit/cni/install"
+	"github.com/ambit-mesh/ambit/pkg/netns"
 	"github.com/ambit-mesh/ambit/pkg/zds"
 )
 
@@ -86,6 +87,46 @@ func podSource(cfg Config, log *slog.Logger) (agent.PodSource, agent.Annotator, 
 	return src, src, src.Run, nil
 }
 
+// netnsVerifier returns how the agent checks that a netns is a pod's:
+// local mode's cluster state, or on Kubernetes the pod cgroups of the
+// processes in it (and, on test nodes, the netns annotation).
+func netnsVerifier(cfg Config, log *slog.Logger) agent.NetnsVerifier {
+	if cfg.PodSource == PodSourceLocal {
+		return agent.RecordVerifier{Record: "local mode's cluster state " + cfg.ClusterState}
+	}
+	v := agent.ProcVerifier{}
+	if cfg.TrustNetnsAnnotation {
+		log.Warn("trusting pod annotation "+agent.NetnsAnnotation+" for netns no pod's process runs in; only for test nodes", "flag", "--"+FlagTrustNetnsAnnotation)
+		v.Fallback = agent.RecordVerifier{Record: "pod annotation " + agent.NetnsAnnotation}
+	}
+	return v
+}
+
+// zdsPeerCheck returns the ZDS server's extra peer check. In local mode
+// pods run as root like ztunnel, so the uid cannot tell them apart; but
+// ztunnel runs in its node's netns, as the agent does, and pods in their
+// own: a peer in another netns is refused. nil elsewhere (on Kubernetes
+// ztunnel has its own pod netns).
+func zdsPeerCheck(cfg Config) (func(zds.Peer) error, error) {
+	if cfg.PodSource != PodSourceLocal {
+		return nil, nil
+	}
+	node, err := netns.IDOfPath("/proc/self/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("reading the agent's own netns: %w", err)
+	}
+	return func(p zds.Peer) error {
+		id, err := netns.IDOfPath(fmt.Sprintf("/proc/%d/ns/net", p.PID))
+		if err != nil {
+			return fmt.Errorf("reading the netns of peer process %d: %w", p.PID, err)
+		}
+		if id != node {
+			return fmt.Errorf("peer process %d is in netns %s, not the node's (%s): local mode's ztunnel runs in its node's netns", p.PID, id, node)
+		}
+		return nil
+	}, nil
+}
+
 // run serves until ctx ends or a component fails.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -100,11 +141,16 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 
+	peerCheck, err := zdsPeerCheck(cfg)
+	if err != nil {
+		return err
+	}
 	var a *agent.Agent // set below, before the ZDS server serves
 	zsrv, err := zds.NewServer(zds.ServerConfig{
-		Path:     cfg.ZDSSocket,
-		Snapshot: zds.SnapshotFunc(func() []zds.Pod { return a.Snapshot() }),
-		Logger:   log,
+		Path:       cfg.ZDSSocket,
+		Snapshot:   zds.SnapshotFunc(func() []zds.Pod { return a.Snapshot() }),
+		VerifyPeer: peerCheck,
+		Logger:     log,
 	})
 	if err != nil {
 		return fmt.Errorf("--%s: %w", FlagZDSSocket, err)
@@ -131,6 +177,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		PodWait:     cfg.PodWait,
 		ZtunnelWait: cfg.ZtunnelWait,
 		Annotator:   annotator,
+		Verifier:    netnsVerifier(cfg, log),
 		Logger:      log,
 		Ready: func(context.Context) error {
 			if !zdsServing.Load() {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -24,6 +25,8 @@ import (
 	"github.com/ambit-mesh/ambit/pkg/netns"
 	"github.com/ambit-mesh/ambit/pkg/netns/netnstest"
 	"github.com/ambit-mesh/ambit/pkg/zds"
+	"google.golang.org/protobuf/proto"
+	"istio.io/istio/pkg/zdsapi"
 )
 
 const (
@@ -38,7 +41,38 @@ var binDir string
 // --plugin-binary finds ambit-cni next to it), runs the tests and removes
 // the dir and any leftover namespaces named prefix*, as netnstest.Main does.
 func TestMain(m *testing.M) {
+	if path := os.Getenv(envZDSHello); path != "" {
+		os.Exit(zdsHelloOnly(path))
+	}
 	os.Exit(runMain(m))
+}
+
+// envZDSHello makes the test binary a would-be ztunnel: it connects to the
+// ZDS socket named by the variable, sends a valid hello and exits 0 when
+// the agent closes the connection without sending anything (refused), 1
+// when the agent sends a request (accepted).
+const envZDSHello = "AMBT_ZDS_HELLO"
+
+func zdsHelloOnly(path string) int {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer c.Close()
+	hello, err := proto.Marshal(&zdsapi.ZdsHello{Version: zdsapi.Version_V1})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	_, _ = c.Write(hello) // fails if the agent already closed: also a refusal
+	_ = c.SetReadDeadline(time.Now().Add(testWait))
+	n, err := c.Read(make([]byte, 4096))
+	if n == 0 && errors.Is(err, io.EOF) {
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "the agent answered a foreign hello: %d bytes, %v\n", n, err)
+	return 1
 }
 
 func runMain(m *testing.M) int {
@@ -240,18 +274,18 @@ func TestBinary(t *testing.T) {
 
 	// cniAdd runs the installed plugin as a runtime would, with the entry
 	// from the conflist and a prevResult.
-	cniAdd := func(p localcluster.Pod) (string, error) {
+	cniAddIn := func(p localcluster.Pod, nsPath string) (string, error) {
 		entry["cniVersion"] = conf.CNIVersion
 		entry["name"] = conf.Name
 		entry["prevResult"] = map[string]any{
 			"cniVersion": conf.CNIVersion,
-			"interfaces": []any{map[string]any{"name": "eth0", "sandbox": p.Netns}},
+			"interfaces": []any{map[string]any{"name": "eth0", "sandbox": nsPath}},
 			"ips":        []any{map[string]any{"address": "10.88.0.5/16", "interface": 0}},
 		}
 		stdin, _ := json.Marshal(entry)
 		cmd := exec.Command(filepath.Join(cniBinDir, "ambit-cni"))
 		cmd.Env = []string{
-			"CNI_COMMAND=ADD", "CNI_CONTAINERID=c-" + p.Name, "CNI_NETNS=" + p.Netns, "CNI_IFNAME=eth0",
+			"CNI_COMMAND=ADD", "CNI_CONTAINERID=c-" + p.Name, "CNI_NETNS=" + nsPath, "CNI_IFNAME=eth0",
 			"CNI_PATH=" + cniBinDir,
 			"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + p.Namespace + ";K8S_POD_NAME=" + p.Name + ";K8S_POD_UID=" + p.UID,
 		}
@@ -261,6 +295,7 @@ func TestBinary(t *testing.T) {
 		err := cmd.Run()
 		return stdout.String() + stderr.String(), err
 	}
+	cniAdd := func(p localcluster.Pod) (string, error) { return cniAddIn(p, p.Netns) }
 	verify := func(p localcluster.Pod) error {
 		ns, err := netns.Open(p.Netns)
 		if err != nil {
@@ -310,6 +345,44 @@ func TestBinary(t *testing.T) {
 	}
 	if err := verify(podA); err != nil {
 		t.Errorf("capture rules of pod a: %v", err)
+	}
+
+	// Pod b with pod a's netns: refused, naming both; ztunnel gets nothing.
+	res, err = cniAddIn(podB, podA.Netns)
+	if err == nil {
+		t.Fatalf("ADD of pod b with pod a's netns succeeded: %s", res)
+	}
+	for _, want := range []string{"refusing to enroll pod mesh/b", podA.Netns, "is not pod mesh/b's", "records " + podB.Netns} {
+		if !strings.Contains(res, want) {
+			t.Errorf("ADD error %q does not say %q", res, want)
+		}
+	}
+	select {
+	case ev := <-rec.events:
+		t.Fatalf("fake ztunnel got %q after a refused ADD", ev)
+	default:
+	}
+
+	// A would-be ztunnel in a pod's netns (root, valid hello) is refused
+	// and the connected one keeps getting pods.
+	dial := exec.Command("ip", "netns", "exec", prefix+"b", os.Args[0])
+	dial.Env = append(os.Environ(), envZDSHello+"="+zdsSock)
+	if dout, err := dial.CombinedOutput(); err != nil {
+		t.Fatalf("ZDS connection from pod b's netns: %v: %s", err, dout)
+	}
+	if !strings.Contains(out.String(), "not the node's") {
+		t.Errorf("agent log does not report the refused ZDS peer:\n%s", out.String())
+	}
+	res, err = cniAdd(podB)
+	if err != nil {
+		t.Fatalf("ADD of pod b: %v: %s", err, res)
+	}
+	idB, err := netns.IDOfPath(podB.Netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, want := rec.next(t), "add uid-b "+strconv.FormatUint(idB.Ino, 10)+" <nil>"; ev != want {
+		t.Errorf("fake ztunnel got %q, want %q (and no new snapshot)", ev, want)
 	}
 
 	// SIGTERM: exits 0 and leaves the pod's rules in place.

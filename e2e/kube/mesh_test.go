@@ -301,7 +301,7 @@ func (m *mesh) pollAllowed(t *testing.T, from *corev1.Pod, url string, start tim
 func (m *mesh) caller(from *corev1.Pod, url string) func(context.Context) error {
 	nsPath := from.Annotations[agent.NetnsAnnotation]
 	return func(ctx context.Context) error {
-		_, err := get(ctx, nsPath, url, meshcheck.CallTimeout)
+		_, err := getWatched(ctx, nsPath, url, meshcheck.CallTimeout, &meshcheck.ResetWatch{})
 		return err
 	}
 }

@@ -169,18 +169,19 @@ func podCaller(pod, proto, addr string) func(context.Context) error {
 			}
 			return nil
 		case "http":
-			client := &http.Client{Transport: &http.Transport{DialContext: sockets.Dial, DisableKeepAlives: true}}
+			var w meshcheck.ResetWatch
+			client := &http.Client{Transport: &http.Transport{DialContext: w.Dial(sockets.Dial), DisableKeepAlives: true}}
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/"+marker, nil)
 			if err != nil {
 				return err
 			}
 			resp, err := client.Do(req)
 			if err != nil {
-				return err
+				return w.Err(err)
 			}
 			defer resp.Body.Close()
 			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-				return fmt.Errorf("%s -> %s (http): reading the body: %w", pod, addr, err)
+				return w.Err(fmt.Errorf("%s -> %s (http): reading the body: %w", pod, addr, err))
 			}
 			if resp.StatusCode != http.StatusOK {
 				return fmt.Errorf("%s -> %s (http): status %d", pod, addr, resp.StatusCode)

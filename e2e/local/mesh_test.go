@@ -249,8 +249,12 @@ policies:
 			for _, c := range []struct{ proto, addr string }{
 				{"http", addr("server-b", 8080)}, {"tcp", addr("server-b", 9000)}, {"http", addr("server-a", 8080)},
 			} {
+				// Refused at once inside the pod (the capture redirects to
+				// ztunnel's closed port), not a timeout.
 				if out, err := m.call("demo/client", c.proto, c.addr, secret, 1); err == nil {
 					t.Errorf("client -> %s answered with its node's ztunnel stopped: %s", c.addr, out)
+				} else if !strings.Contains(err.Error(), "connection refused") {
+					t.Errorf("client -> %s with its node's ztunnel stopped: %v; want the connect refused", c.addr, err)
 				}
 			}
 			m.mustCall(t, converge, "legacy/legacy-a", "http", addr("legacy", 8080), plain, 1)
@@ -477,8 +481,12 @@ policies:
 			}
 			return nil
 		})
+		// node-a's ztunnel cannot reach server-b's HBONE port and resets
+		// the client's connection: a refusal, not a timeout.
 		if out, err := m.call("demo/client", "http", addr("server-b", 8080), newMarker("down"), 1); err == nil {
 			t.Errorf("client -> server-b answered with server-b's ztunnel killed: %s", out)
+		} else if !strings.Contains(err.Error(), "connection reset by peer") {
+			t.Errorf("client -> server-b with server-b's ztunnel killed: %v; want the connection reset by node-a's ztunnel", err)
 		}
 		start := time.Now()
 		out := m.must("start", "ztunnel-node-b")

@@ -9,6 +9,7 @@
 // Under CI load a client timeout therefore fails the check instead of
 // passing it.
 //
-// MetricSum reads a sample sum from ztunnel's Prometheus text, for the
+// ResetWatch lets an HTTP call report a reset that net/http turned into
+// EOF. MetricSum reads a sample sum from ztunnel's Prometheus text, for the
 // counter ExpectDenied reads and for positive checks.
 package meshcheck

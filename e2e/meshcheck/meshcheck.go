@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -65,6 +66,71 @@ func Classify(err error) Cause {
 		return CauseClosed
 	}
 	return CauseOther
+}
+
+// DialFunc dials like net.Dialer.DialContext.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// ResetWatch remembers the first reset that the connections of one call
+// saw. net/http can report a reset as a bare EOF: when the reset's error
+// goes to its write, the read after it finds the connection closed and
+// the read's EOF is what the call returns. Use one ResetWatch per call.
+type ResetWatch struct {
+	mu    sync.Mutex
+	reset error
+}
+
+// Dial wraps dial so that the connections it makes report to w.
+func (w *ResetWatch) Dial(dial DialFunc) DialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &watchedConn{Conn: c, w: w}, nil
+	}
+}
+
+// Err returns err, joined with the first reset a connection saw (nil
+// stays nil), for Classify. A nil w returns err.
+func (w *ResetWatch) Err(err error) error {
+	if err == nil || w == nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.reset != nil {
+		return errors.Join(err, w.reset)
+	}
+	return err
+}
+
+func (w *ResetWatch) see(err error) {
+	if err == nil || Classify(err) != CauseReset {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.reset == nil {
+		w.reset = err
+	}
+}
+
+type watchedConn struct {
+	net.Conn
+	w *ResetWatch
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.w.see(err)
+	return n, err
+}
+
+func (c *watchedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.w.see(err)
+	return n, err
 }
 
 func describe(err error) string {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -186,5 +188,62 @@ istio_tcp_connections_closed_total{reporter="destination",source_principal="spif
 	}
 	if got := MetricSum(text, "istio_tcp_connections_opened_total", map[string]string{"response_flags": "DENY"}); got != 16 {
 		t.Errorf("MetricSum over DENY = %v, want 16", got)
+	}
+}
+
+// scriptedConn fails its writes with writeErr and, once written to, reads
+// EOF: a socket whose reset error went to the write (the kernel reports a
+// reset once) or, with no writeErr, one the peer closed in order.
+type scriptedConn struct {
+	writeErr error
+	once     sync.Once
+	wrote    chan struct{}
+}
+
+func (c *scriptedConn) Read([]byte) (int, error) {
+	<-c.wrote
+	return 0, io.EOF
+}
+
+func (c *scriptedConn) Write(p []byte) (int, error) {
+	defer c.once.Do(func() { close(c.wrote) })
+	if c.writeErr != nil {
+		return 0, c.writeErr
+	}
+	return len(p), nil
+}
+func (c *scriptedConn) Close() error                     { return nil }
+func (c *scriptedConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c *scriptedConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c *scriptedConn) SetDeadline(time.Time) error      { return nil }
+func (c *scriptedConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *scriptedConn) SetWriteDeadline(time.Time) error { return nil }
+
+func TestResetWatchSeesWhatHTTPHides(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		writeErr  error
+		wantReset bool
+	}{
+		{"reset consumed by the write", &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.ECONNRESET)}, true},
+		// net/http says EOF or "server closed idle connection".
+		{"orderly close", nil, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var w ResetWatch
+			dial := w.Dial(func(context.Context, string, string) (net.Conn, error) {
+				return &scriptedConn{writeErr: c.writeErr, wrote: make(chan struct{})}, nil
+			})
+			client := &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+			_, err := client.Get("http://192.0.2.1/")
+			t.Logf("net/http returned %v (alone: %s)", err, Classify(err))
+			if got := Classify(w.Err(err)); (got == CauseReset) != c.wantReset {
+				t.Errorf("GET: %v; with the watch classified %q, want reset: %v", err, got, c.wantReset)
+			}
+		})
+	}
+	var nilWatch *ResetWatch
+	if err := nilWatch.Err(io.EOF); err != io.EOF {
+		t.Errorf("nil ResetWatch changed the error: %v", err)
 	}
 }

@@ -306,20 +306,14 @@ func (m *mesh) caller(from *corev1.Pod, url string) func(context.Context) error 
 	}
 }
 
-// denials reads the node's ztunnel's count of connections refused by
-// policy (istio_tcp_connections_opened_total, response_flags="DENY") whose
-// labels include want.
+// denials reads the node's ztunnel's meshcheck.DenyCount for want.
 func (m *mesh) denials(node string, want map[string]string) func(context.Context) (float64, error) {
-	labels := map[string]string{"response_flags": "DENY"}
-	for k, v := range want {
-		labels[k] = v
-	}
 	return func(ctx context.Context) (float64, error) {
 		text, err := m.nodeGet(ctx, node, "http://127.0.0.1:15020/stats/prometheus")
 		if err != nil {
 			return 0, fmt.Errorf("ztunnel metrics on %s: %w", node, err)
 		}
-		return meshcheck.MetricSum(text, "istio_tcp_connections_opened_total", labels), nil
+		return meshcheck.DenyCount(text, want), nil
 	}
 }
 

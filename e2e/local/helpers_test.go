@@ -192,20 +192,15 @@ func podCaller(pod, proto, addr string) func(context.Context) error {
 	}
 }
 
-// ztunnelDenials reads the node's ztunnel's count of connections refused
-// by policy (istio_tcp_connections_opened_total, response_flags="DENY")
-// whose labels include want, for meshcheck.ExpectDenied.
+// ztunnelDenials reads the node's ztunnel's meshcheck.DenyCount for want,
+// for meshcheck.ExpectDenied.
 func ztunnelDenials(node string, want map[string]string) func(context.Context) (float64, error) {
-	labels := map[string]string{"response_flags": "DENY"}
-	for k, v := range want {
-		labels[k] = v
-	}
 	return func(context.Context) (float64, error) {
 		text, err := nodeGet(node, 15020, "/stats/prometheus")
 		if err != nil {
 			return 0, fmt.Errorf("ztunnel metrics on %s: %w", node, err)
 		}
-		return metricSum(text, "istio_tcp_connections_opened_total", labels), nil
+		return meshcheck.DenyCount(text, want), nil
 	}
 }
 

@@ -10,6 +10,6 @@
 // passing it.
 //
 // ResetWatch lets an HTTP call report a reset that net/http turned into
-// EOF. MetricSum reads a sample sum from ztunnel's Prometheus text, for the
-// counter ExpectDenied reads and for positive checks.
+// EOF. DenyCount reads the DENY counter from ztunnel's Prometheus text, and
+// MetricSum any sample sum (for positive checks too).
 package meshcheck

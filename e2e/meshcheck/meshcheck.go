@@ -235,6 +235,18 @@ func readCount(count func(context.Context) (float64, error)) (float64, error) {
 	return count(ctx)
 }
 
+// DenyCount is ztunnel's count, in its Prometheus text, of connections it
+// refused by policy (istio_tcp_connections_opened_total with
+// response_flags="DENY") whose labels include want: what Denial.Denials
+// returns.
+func DenyCount(text string, want map[string]string) float64 {
+	labels := map[string]string{"response_flags": "DENY"}
+	for k, v := range want {
+		labels[k] = v
+	}
+	return MetricSum(text, "istio_tcp_connections_opened_total", labels)
+}
+
 // MetricSum adds the values of the samples of a metric, in Prometheus
 // text, whose labels include every label of want.
 func MetricSum(text, name string, want map[string]string) float64 {

@@ -189,6 +189,9 @@ istio_tcp_connections_closed_total{reporter="destination",source_principal="spif
 	if got := MetricSum(text, "istio_tcp_connections_opened_total", map[string]string{"response_flags": "DENY"}); got != 16 {
 		t.Errorf("MetricSum over DENY = %v, want 16", got)
 	}
+	if got := DenyCount(text, map[string]string{"reporter": "destination", "destination_workload": "server-b"}); got != 4 {
+		t.Errorf("DenyCount = %v, want 4", got)
+	}
 }
 
 // scriptedConn fails its writes with writeErr and, once written to, reads

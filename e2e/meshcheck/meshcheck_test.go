@@ -115,19 +115,24 @@ func expect(d Denial) string {
 var errReset = &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}
 
 // fakeMesh answers its first allowed calls, then resets (counting each
-// reset when counting), with the calls listed in override ending as given.
+// reset when counting); calls listed in override, or all with always, end
+// as given.
 type fakeMesh struct {
 	calls    atomic.Int32
 	denied   atomic.Int32
 	allowed  int32
 	counting bool
 	override map[int32]error
+	always   error // when set, every call not in override ends so
 }
 
 func (m *fakeMesh) call(ctx context.Context) error {
 	n := m.calls.Add(1)
 	if err, ok := m.override[n]; ok {
 		return err
+	}
+	if m.always != nil {
+		return m.always
 	}
 	if n <= m.allowed {
 		return nil
@@ -150,7 +155,7 @@ func TestExpectDenied(t *testing.T) {
 	}{
 		{"refused, lasting and counted", &fakeMesh{allowed: 3, counting: true}, ""},
 		{"timeouts before the refusal are not refusals", &fakeMesh{allowed: 1, counting: true, override: map[int32]error{2: timeout, 3: timeout}}, ""},
-		{"only timeouts", &fakeMesh{allowed: 1 << 30, override: map[int32]error{1: timeout, 2: timeout, 3: timeout}}, "not reset by ztunnel"},
+		{"only timeouts", &fakeMesh{always: timeout}, "timeout (GET: context deadline exceeded)"},
 		{"allowed throughout", &fakeMesh{allowed: 1 << 30}, "last call"},
 		{"reset but not counted", &fakeMesh{}, "not its policy refusals"},
 		{"answered again", &fakeMesh{counting: true, override: map[int32]error{4: nil}}, "call 3 of 5"},

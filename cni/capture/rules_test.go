@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/nftables"
+
+	"github.com/ambit-mesh/ambit/pkg/netns/netnstest"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata/")
@@ -243,7 +245,7 @@ func TestIPTablesInstallFlow(t *testing.T) {
 		return "", errors.New("unexpected tool " + name)
 	}}
 	if _, err := lookTool("ip6tables-restore"); err != nil {
-		t.Skip("the flow test assumes ip6tables-restore is installed")
+		netnstest.SkipOrFail(t, "the flow test assumes ip6tables-restore is installed (package iptables): %v", err)
 	}
 	ns, err := os.Open(os.DevNull)
 	if err != nil {

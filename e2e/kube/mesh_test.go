@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/ambit-mesh/ambit/cni/capture"
 	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
 	"github.com/ambit-mesh/ambit/e2e/kube/testnode"
+	"github.com/ambit-mesh/ambit/e2e/meshcheck"
 	"github.com/ambit-mesh/ambit/pkg/enrollment"
 	"github.com/ambit-mesh/ambit/pkg/netns"
 	"github.com/ambit-mesh/ambit/pkg/spiffe"
@@ -90,8 +90,8 @@ func TestKubeMesh(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !hasMetric(text, "istio_tcp_connections_opened_total", `reporter="destination"`,
-			`source_principal="spiffe://cluster.local/ns/kmesh/sa/client"`) {
+		if !hasMetric(text, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "source_principal": "spiffe://cluster.local/ns/kmesh/sa/client"}) {
 			t.Errorf("node-b's ztunnel counted no inbound HBONE connection from the client's identity:\n%s", text)
 		}
 	})
@@ -111,11 +111,19 @@ func TestKubeMesh(t *testing.T) {
 		}}
 		start := time.Now()
 		m.create(t, authzGVR, policy)
-		took := m.pollUntil(t, client, serverURL, false, start, time.Second)
-		t.Logf("denied %v after the policy was created", took)
+		r := meshcheck.ExpectDenied(t, meshcheck.Denial{
+			What: "GET " + serverURL + " from kmesh/client", Call: m.caller(client, serverURL),
+			Denials: m.denials(nodeB, map[string]string{
+				"reporter": "destination", "source_principal": mustID(t, "kmesh", "client").String(),
+				"destination_principal": mustID(t, "kmesh", "server").String(),
+			}),
+			Start: start, Within: time.Second,
+		})
+		t.Logf("reset by node-b's ztunnel %v after the policy was created; %d calls over %v all reset and counted DENY",
+			r.First.Round(time.Millisecond), r.Refused, meshcheck.LastingOver)
 		start = time.Now()
 		m.delete(t, authzGVR, "kmesh", "deny-client")
-		took = m.pollUntil(t, client, serverURL, true, start, time.Second)
+		took := m.pollAllowed(t, client, serverURL, start, time.Second)
 		t.Logf("allowed again %v after the policy was deleted", took)
 	})
 
@@ -128,11 +136,19 @@ func TestKubeMesh(t *testing.T) {
 		}}
 		start := time.Now()
 		m.create(t, peerGVR, pa)
-		m.pollUntil(t, outsider, serverURL, false, start, convergeWithin)
+		r := meshcheck.ExpectDenied(t, meshcheck.Denial{
+			What: "GET " + serverURL + " from kplain/outsider", Call: m.caller(outsider, serverURL),
+			Denials: m.denials(nodeB, map[string]string{
+				"reporter": "destination", "connection_security_policy": "none", "source_workload": "outsider",
+				"destination_principal": mustID(t, "kmesh", "server").String(),
+			}),
+			Start: start, Within: convergeWithin,
+		})
+		t.Logf("plaintext reset by node-b's ztunnel %v after STRICT was created, and stays so", r.First.Round(time.Millisecond))
 		m.mustGet(t, client, serverURL, convergeWithin) // mTLS still allowed
 		start = time.Now()
 		m.delete(t, peerGVR, "kmesh", "strict")
-		m.pollUntil(t, outsider, serverURL, true, start, convergeWithin)
+		m.pollAllowed(t, outsider, serverURL, start, convergeWithin)
 	})
 }
 
@@ -258,10 +274,10 @@ func (m *mesh) mustGet(t *testing.T, from *corev1.Pod, url string, within time.D
 	return body
 }
 
-// pollUntil makes GETs from the pod until their outcome is ok (success or
-// failure), and fails the test when that takes more than within since
-// start. It returns how long it took.
-func (m *mesh) pollUntil(t *testing.T, from *corev1.Pod, url string, ok bool, start time.Time, within time.Duration) time.Duration {
+// pollAllowed makes GETs from the pod until one is answered, and fails the
+// test when that takes more than within since start. It returns how long
+// it took.
+func (m *mesh) pollAllowed(t *testing.T, from *corev1.Pod, url string, start time.Time, within time.Duration) time.Duration {
 	t.Helper()
 	deadline := start.Add(within)
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -270,13 +286,34 @@ func (m *mesh) pollUntil(t *testing.T, from *corev1.Pod, url string, ok bool, st
 		ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(500*time.Millisecond))
 		_, err := get(ctx, from.Annotations[agent.NetnsAnnotation], url, 500*time.Millisecond)
 		cancel()
-		if (err == nil) == ok {
+		if err == nil {
 			return time.Since(start)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("GET %s from %s/%s: still %v %v after the change (want ok=%v within %v)", url, from.Namespace, from.Name, err, time.Since(start), ok, within)
+			t.Fatalf("GET %s from %s/%s: still %v %v after the change (want an answer within %v)", url, from.Namespace, from.Name, err, time.Since(start), within)
 		}
 		<-tick.C
+	}
+}
+
+// caller is one GET from the pod's netns on a new connection, for
+// meshcheck.ExpectDenied.
+func (m *mesh) caller(from *corev1.Pod, url string) func(context.Context) error {
+	nsPath := from.Annotations[agent.NetnsAnnotation]
+	return func(ctx context.Context) error {
+		_, err := getWatched(ctx, nsPath, url, meshcheck.CallTimeout, &meshcheck.ResetWatch{})
+		return err
+	}
+}
+
+// denials reads the node's ztunnel's meshcheck.DenyCount for want.
+func (m *mesh) denials(node string, want map[string]string) func(context.Context) (float64, error) {
+	return func(ctx context.Context) (float64, error) {
+		text, err := m.nodeGet(ctx, node, "http://127.0.0.1:15020/stats/prometheus")
+		if err != nil {
+			return 0, fmt.Errorf("ztunnel metrics on %s: %w", node, err)
+		}
+		return meshcheck.DenyCount(text, want), nil
 	}
 }
 
@@ -341,20 +378,8 @@ func (m *mesh) fetchCert(t *testing.T, node string, id spiffe.ID) (*identity.Iss
 	return c.Fetch(ctx, id)
 }
 
-// hasMetric reports whether a sample of the metric with every label of want
-// has a value above zero.
-func hasMetric(text, name string, want ...string) bool {
-	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		match := true
-		for _, w := range want {
-			match = match && strings.Contains(line, w)
-		}
-		if match && !strings.HasSuffix(line, " 0") {
-			return true
-		}
-	}
-	return false
+// hasMetric reports whether the samples of the metric whose labels include
+// want add up to more than zero.
+func hasMetric(text, name string, want map[string]string) bool {
+	return meshcheck.MetricSum(text, name, want) > 0
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
 	"github.com/ambit-mesh/ambit/e2e/kube/pilot"
 	"github.com/ambit-mesh/ambit/e2e/kube/testnode"
+	"github.com/ambit-mesh/ambit/e2e/meshcheck"
 	"github.com/ambit-mesh/ambit/istiod/ambient"
 	"github.com/ambit-mesh/ambit/pkg/enrollment"
 	"github.com/ambit-mesh/ambit/pkg/netns"
@@ -129,8 +130,8 @@ func TestPilotInterop(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !hasMetric(text, "istio_tcp_connections_opened_total", `reporter="destination"`,
-			fmt.Sprintf(`source_principal="spiffe://%s/ns/%s/sa/client"`, trustDomain, ns)) {
+		if !hasMetric(text, "istio_tcp_connections_opened_total", map[string]string{
+			"reporter": "destination", "source_principal": mustID(t, ns, "client").String()}) {
 			t.Errorf("node-b's ztunnel counted no inbound HBONE connection from the client's identity:\n%s", text)
 		}
 	})
@@ -150,11 +151,19 @@ func TestPilotInterop(t *testing.T) {
 		}}
 		start := time.Now()
 		m.create(t, authzGVR, policy)
-		took := m.pollUntil(t, client, serverURL, false, start, 3*time.Second)
-		t.Logf("denied %v after the policy was created", took)
+		r := meshcheck.ExpectDenied(t, meshcheck.Denial{
+			What: "GET " + serverURL + " from " + ns + "/client", Call: m.caller(client, serverURL),
+			Denials: m.denials(nodeB, map[string]string{
+				"reporter": "destination", "source_principal": mustID(t, ns, "client").String(),
+				"destination_principal": mustID(t, ns, "server").String(),
+			}),
+			Start: start, Within: 3 * time.Second,
+		})
+		t.Logf("reset by node-b's ztunnel %v after the policy was created; %d calls over %v all reset and counted DENY",
+			r.First.Round(time.Millisecond), r.Refused, meshcheck.LastingOver)
 		start = time.Now()
 		m.delete(t, authzGVR, ns, "deny-client")
-		took = m.pollUntil(t, client, serverURL, true, start, 3*time.Second)
+		took := m.pollAllowed(t, client, serverURL, start, 3*time.Second)
 		t.Logf("allowed again %v after the policy was deleted", took)
 	})
 

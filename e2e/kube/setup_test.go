@@ -24,6 +24,7 @@ import (
 	"github.com/ambit-mesh/ambit/ctl/local"
 	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
 	"github.com/ambit-mesh/ambit/e2e/kube/testnode"
+	"github.com/ambit-mesh/ambit/e2e/meshcheck"
 	"github.com/ambit-mesh/ambit/pkg/netns"
 	"github.com/ambit-mesh/ambit/pkg/netns/netnstest"
 )
@@ -255,11 +256,11 @@ func (m *mesh) startNode(ctx context.Context, node string) {
 	m.waitHTTP(ctx, node, "ztunnel readiness on "+node, "http://127.0.0.1:15021/healthz/ready")
 }
 
-// httpClient makes requests from inside a named network namespace, one
-// connection per request.
-func httpClient(ns *os.File, timeout time.Duration) *http.Client {
+// httpClient makes requests through dial (from inside a network
+// namespace), one connection per request.
+func httpClient(dial meshcheck.DialFunc, timeout time.Duration) *http.Client {
 	return &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialContext: (&netns.Sockets{NS: ns}).Dial, DisableKeepAlives: true,
+		DialContext: dial, DisableKeepAlives: true,
 		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12},
 	}}
 }
@@ -267,23 +268,33 @@ func httpClient(ns *os.File, timeout time.Duration) *http.Client {
 // get makes a GET from inside the network namespace at nsPath and returns
 // the body of a 200 answer.
 func get(ctx context.Context, nsPath, url string, timeout time.Duration) (string, error) {
+	return getWatched(ctx, nsPath, url, timeout, nil)
+}
+
+// getWatched is get whose error also carries the first reset its
+// connection saw, when w is not nil (see meshcheck.ResetWatch).
+func getWatched(ctx context.Context, nsPath, url string, timeout time.Duration, w *meshcheck.ResetWatch) (string, error) {
 	ns, err := netns.Open(nsPath)
 	if err != nil {
 		return "", err
 	}
 	defer ns.Close()
+	dial := meshcheck.DialFunc((&netns.Sockets{NS: ns}).Dial)
+	if w != nil {
+		dial = w.Dial(dial)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := httpClient(ns, timeout).Do(req)
+	resp, err := httpClient(dial, timeout).Do(req)
 	if err != nil {
-		return "", err
+		return "", w.Err(err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return "", err
+		return "", w.Err(err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return string(b), fmt.Errorf("GET %s: status %d: %s", url, resp.StatusCode, b)

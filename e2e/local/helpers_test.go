@@ -1,7 +1,9 @@
 package local
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -20,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambit-mesh/ambit/e2e/meshcheck"
 	"github.com/ambit-mesh/ambit/pkg/netns"
 	"github.com/ambit-mesh/ambit/pkg/netns/netnstest"
 )
@@ -112,28 +115,7 @@ func nodeGet(node string, port int, path string) (string, error) {
 // metricSum adds the values of the samples of a metric whose labels hold
 // every label of want.
 func metricSum(text, name string, want map[string]string) float64 {
-	var sum float64
-	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		end := strings.LastIndex(line, "} ")
-		if end < 0 {
-			continue
-		}
-		labels := "," + line[len(name)+1:end] + ","
-		match := true
-		for k, v := range want {
-			match = match && strings.Contains(labels, ","+k+"=\""+v+"\",")
-		}
-		if !match {
-			continue
-		}
-		if v, err := strconv.ParseFloat(strings.TrimSpace(line[end+2:]), 64); err == nil {
-			sum += v
-		}
-	}
-	return sum
+	return meshcheck.MetricSum(text, name, want)
 }
 
 // inboundOpened is the destination-reported count of connections opened to
@@ -147,6 +129,79 @@ func inboundOpened(t *testing.T, node, srcPrincipal, dstWorkload string) float64
 	return metricSum(text, "istio_tcp_connections_opened_total", map[string]string{
 		"reporter": "destination", "source_principal": srcPrincipal, "destination_workload": dstWorkload,
 	})
+}
+
+// podNetns is the network namespace of a pod named "namespace/name".
+func podNetns(pod string) string { return "ambitl-pod-" + strings.ReplaceAll(pod, "/", "-") }
+
+// podCaller is one call from inside the pod's network namespace on a new
+// connection, for meshcheck.ExpectDenied: "tcp" sends a line to the echo
+// server and wants it echoed, "http" wants a GET answered 200. Unlike
+// m.call it keeps the error's type (a reset is told from a timeout).
+func podCaller(pod, proto, addr string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ns, err := netns.OpenName(podNetns(pod))
+		if err != nil {
+			return err
+		}
+		defer ns.Close()
+		sockets := &netns.Sockets{NS: ns}
+		marker := newMarker("call")
+		switch proto {
+		case "tcp":
+			c, err := sockets.Dial(ctx, "tcp", addr)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if dl, ok := ctx.Deadline(); ok {
+				_ = c.SetDeadline(dl)
+			}
+			if _, err := fmt.Fprintf(c, "%s\n", marker); err != nil {
+				return err
+			}
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil {
+				return fmt.Errorf("%s -> %s (tcp): reading the answer: %w", pod, addr, err)
+			}
+			if !strings.Contains(line, "echo="+marker) {
+				return fmt.Errorf("%s -> %s (tcp): answer %q lacks the marker", pod, addr, line)
+			}
+			return nil
+		case "http":
+			var w meshcheck.ResetWatch
+			client := &http.Client{Transport: &http.Transport{DialContext: w.Dial(sockets.Dial), DisableKeepAlives: true}}
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/"+marker, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return w.Err(err)
+			}
+			defer resp.Body.Close()
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+				return w.Err(fmt.Errorf("%s -> %s (http): reading the body: %w", pod, addr, err))
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("%s -> %s (http): status %d", pod, addr, resp.StatusCode)
+			}
+			return nil
+		}
+		return fmt.Errorf("proto %q: want tcp or http", proto)
+	}
+}
+
+// ztunnelDenials reads the node's ztunnel's meshcheck.DenyCount for want,
+// for meshcheck.ExpectDenied.
+func ztunnelDenials(node string, want map[string]string) func(context.Context) (float64, error) {
+	return func(context.Context) (float64, error) {
+		text, err := nodeGet(node, 15020, "/stats/prometheus")
+		if err != nil {
+			return 0, fmt.Errorf("ztunnel metrics on %s: %w", node, err)
+		}
+		return meshcheck.DenyCount(text, want), nil
+	}
 }
 
 // ztunnelPodListeners reports whether the node's ztunnel has in-pod

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/e2e/meshcheck"
 )
 
 // meshTopology is the mesh TestMeshBehaviour shares among its subtests:
@@ -162,6 +164,7 @@ policies:
     metadata: {name: strict, namespace: demo}
     spec: {mtls: {mode: STRICT}}
 `)
+		start := time.Now()
 		m.must("apply", "-f", strict)
 		deleted := false
 		t.Cleanup(func() {
@@ -169,18 +172,24 @@ policies:
 				m.must("delete", "-f", strict)
 			}
 		})
-		eventually(t, "STRICT refuses plaintext", converge, func() error {
-			if out, err := m.call("legacy/legacy", "http", addr("server-a", 8080), newMarker("strict"), 1); err == nil {
-				return fmt.Errorf("legacy -> server-a still answered under STRICT: %s", out)
-			}
-			return nil
+		// node-a's ztunnel refuses legacy's plaintext to server-a, on
+		// every port, and counts it.
+		plainDenials := ztunnelDenials("node-a", map[string]string{
+			"reporter": "destination", "connection_security_policy": "none",
+			"source_workload": "legacy", "destination_workload": "server-a",
 		})
+		r := meshcheck.ExpectDenied(t, meshcheck.Denial{
+			What: "legacy/legacy -> server-a:8080 (http) under STRICT", Call: podCaller("legacy/legacy", "http", addr("server-a", 8080)),
+			Denials: plainDenials, Start: start, Within: converge,
+		})
+		t.Logf("plaintext reset by node-a's ztunnel %v after STRICT was applied, and stays so", r.First.Round(time.Millisecond))
+		meshcheck.ExpectDenied(t, meshcheck.Denial{
+			What: "legacy/legacy -> server-a:9000 (tcp) under STRICT", Call: podCaller("legacy/legacy", "tcp", addr("server-a", 9000)),
+			Denials: plainDenials, Start: time.Now(), Within: converge,
+		})
+		// Positive control: mTLS is still allowed.
 		m.mustCall(t, converge, "demo/client", "http", addr("server-b", 8080), newMarker("mtls"), 2)
 		m.mustCall(t, converge, "demo/client", "http", addr("server-a", 8080), newMarker("mtls"), 2)
-		// It stays refused (not a transient failure).
-		if out, err := m.call("legacy/legacy", "tcp", addr("server-a", 9000), newMarker("strict"), 1); err == nil {
-			t.Errorf("legacy -> server-a:9000 answered under STRICT: %s", out)
-		}
 
 		m.must("delete", "-f", strict)
 		deleted = true
@@ -240,8 +249,12 @@ policies:
 			for _, c := range []struct{ proto, addr string }{
 				{"http", addr("server-b", 8080)}, {"tcp", addr("server-b", 9000)}, {"http", addr("server-a", 8080)},
 			} {
+				// Refused at once inside the pod (the capture redirects to
+				// ztunnel's closed port), not a timeout.
 				if out, err := m.call("demo/client", c.proto, c.addr, secret, 1); err == nil {
 					t.Errorf("client -> %s answered with its node's ztunnel stopped: %s", c.addr, out)
+				} else if !strings.Contains(err.Error(), "connection refused") {
+					t.Errorf("client -> %s with its node's ztunnel stopped: %v; want the connect refused", c.addr, err)
 				}
 			}
 			m.mustCall(t, converge, "legacy/legacy-a", "http", addr("legacy", 8080), plain, 1)
@@ -428,6 +441,7 @@ policies:
         - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
           to: [{operation: {ports: ["9000"]}}]
 `)
+		start := time.Now()
 		m.must("apply", "-f", deny)
 		deleted := false
 		t.Cleanup(func() {
@@ -435,12 +449,16 @@ policies:
 				m.must("delete", "-f", deny)
 			}
 		})
-		eventually(t, "DENY applied after the istiod restart", converge, func() error {
-			if out, err := m.call("demo/client", "tcp", addr("server-b", 9000), newMarker("deny"), 1); err == nil {
-				return fmt.Errorf("client -> server-b:9000 answered under DENY: %s", out)
-			}
-			return nil
+		r := meshcheck.ExpectDenied(t, meshcheck.Denial{
+			What: "demo/client -> server-b:9000 (tcp) after the istiod restart", Call: podCaller("demo/client", "tcp", addr("server-b", 9000)),
+			Denials: ztunnelDenials("node-b", map[string]string{
+				"reporter": "destination", "source_principal": clientID, "destination_workload": "server-b",
+			}),
+			Start: start, Within: converge,
 		})
+		t.Logf("reset by node-b's ztunnel %v after the DENY policy was applied; %d calls over %v all reset and counted DENY",
+			r.First.Round(time.Millisecond), r.Refused, meshcheck.LastingOver)
+		// Positive control: the port the policy does not name is allowed.
 		m.mustCall(t, converge, "demo/client", "http", addr("server-b", 8080), newMarker("allowed"), 1)
 		m.must("delete", "-f", deny)
 		deleted = true
@@ -463,8 +481,12 @@ policies:
 			}
 			return nil
 		})
+		// node-a's ztunnel cannot reach server-b's HBONE port and resets
+		// the client's connection: a refusal, not a timeout.
 		if out, err := m.call("demo/client", "http", addr("server-b", 8080), newMarker("down"), 1); err == nil {
 			t.Errorf("client -> server-b answered with server-b's ztunnel killed: %s", out)
+		} else if !strings.Contains(err.Error(), "connection reset by peer") {
+			t.Errorf("client -> server-b with server-b's ztunnel killed: %v; want the connection reset by node-a's ztunnel", err)
 		}
 		start := time.Now()
 		out := m.must("start", "ztunnel-node-b")

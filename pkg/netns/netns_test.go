@@ -280,7 +280,7 @@ func TestDoRejectsNonNetNS(t *testing.T) {
 	netnstest.RequireRoot(t)
 	f, err := os.Open("/proc/self/ns/uts")
 	if err != nil {
-		t.Skip(err)
+		netnstest.SkipOrFail(t, "no UTS namespace to pass to Do: %v", err)
 	}
 	defer f.Close()
 	called := false

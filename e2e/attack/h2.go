@@ -26,7 +26,8 @@ const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // reads frames: it acks SETTINGS and PING, hands a stream's response status
 // or reset to Response, and records GOAWAY. Close tears the connection down.
 type H2Conn struct {
-	nc net.Conn
+	nc  net.Conn // the TLS connection
+	raw net.Conn // under it
 
 	wmu  sync.Mutex // guards bw, fr, enc, hbuf, next
 	bw   *bufio.Writer
@@ -83,7 +84,7 @@ func NewH2Conn(ctx context.Context, nc net.Conn, cert tls.Certificate) (*H2Conn,
 		tc.Close()
 		return nil, fmt.Errorf("TLS with %s: ALPN %q, want h2", nc.RemoteAddr(), p)
 	}
-	c := &H2Conn{nc: tc, next: 1, waiters: map[uint32]chan Answer{}, dead: make(chan struct{})}
+	c := &H2Conn{nc: tc, raw: nc, next: 1, waiters: map[uint32]chan Answer{}, dead: make(chan struct{})}
 	c.bw = bufio.NewWriterSize(tc, 64<<10)
 	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(tc, 64<<10))
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -169,8 +170,9 @@ func (c *H2Conn) Err() error {
 	return nil
 }
 
-// Close closes the connection.
-func (c *H2Conn) Close() error { return c.nc.Close() }
+// Close closes the TCP connection at once: no TLS close_notify, which could
+// wait on a peer that stopped reading.
+func (c *H2Conn) Close() error { return c.raw.Close() }
 
 func (c *H2Conn) answer(id uint32, a Answer) {
 	c.smu.Lock()

@@ -24,16 +24,18 @@ const Mark = 0x539
 // Sockets creates TCP sockets inside one network namespace: one goroutine
 // locked to an OS thread switched into the namespace makes them (socket(2)
 // only), and Dial connects them from the caller's goroutine through the
-// runtime's poller. Safe for concurrent use; Close ends the thread (it is
-// never returned to the scheduler, so it cannot leak the namespace into
-// other goroutines).
+// runtime's poller. Safe for concurrent use. Close switches the thread back
+// to the namespace it came from before unlocking it (that thread may be the
+// process's main thread, whose namespace is the one /proc/PID/ns/net shows);
+// a thread that cannot be switched back ends with its goroutine.
 type Sockets struct {
 	// Mark, if not zero, is set as SO_MARK on every socket.
 	Mark int
 
-	reqs chan chan socketResult
-	once sync.Once
-	done chan struct{}
+	reqs   chan chan socketResult
+	once   sync.Once
+	done   chan struct{}
+	exited chan struct{}
 }
 
 type socketResult struct {
@@ -44,25 +46,28 @@ type socketResult struct {
 // NewSockets starts the socket thread in ns. The caller keeps ns and may
 // close it once NewSockets returned.
 func NewSockets(ns *os.File) (*Sockets, error) {
-	s := &Sockets{reqs: make(chan chan socketResult), done: make(chan struct{})}
+	s := &Sockets{reqs: make(chan chan socketResult), done: make(chan struct{}), exited: make(chan struct{})}
 	ready := make(chan error, 1)
 	go func() {
+		defer close(s.exited)
 		runtime.LockOSThread()
-		// Never unlocked: the thread ends with this goroutine.
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			ready <- fmt.Errorf("opening the thread's network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			ready <- fmt.Errorf("entering network namespace %s: %w", ns.Name(), err)
 			return
 		}
 		ready <- nil
-		for {
-			select {
-			case <-s.done:
-				return
-			case r := <-s.reqs:
-				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-				r <- socketResult{fd, err}
-			}
-		}
+		s.serve()
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked and ends with this goroutine
 	}()
 	if err := <-ready; err != nil {
 		return nil, err
@@ -70,8 +75,24 @@ func NewSockets(ns *os.File) (*Sockets, error) {
 	return s, nil
 }
 
-// Close stops the socket thread; sockets already made stay valid.
-func (s *Sockets) Close() { s.once.Do(func() { close(s.done) }) }
+func (s *Sockets) serve() {
+	for {
+		select {
+		case <-s.done:
+			return
+		case r := <-s.reqs:
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			r <- socketResult{fd, err}
+		}
+	}
+}
+
+// Close stops the socket thread and returns once it left the namespace;
+// sockets already made stay valid.
+func (s *Sockets) Close() {
+	s.once.Do(func() { close(s.done) })
+	<-s.exited
+}
 
 // ErrClosed: the Sockets was closed.
 var ErrClosed = errors.New("attack sockets closed")
@@ -138,20 +159,22 @@ func waitConnected(ctx context.Context, f *os.File) error {
 		return err
 	}
 	var soErr error
-	first := true
+	// Checked on every call, the first one included: the poller's
+	// readiness is reset before it, so a connect that completed before
+	// the wait started must be seen here, not waited for.
 	werr := rc.Write(func(fd uintptr) bool {
-		if first {
-			first = false
-			return false // wait for writability once
-		}
 		v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
 		switch {
 		case err != nil:
 			soErr = err
-		case v == int(unix.EINPROGRESS) || v == int(unix.EALREADY):
-			return false
 		case v != 0:
 			soErr = unix.Errno(v)
+		default:
+			if _, err := unix.Getpeername(int(fd)); err == unix.ENOTCONN {
+				return false // still connecting
+			} else if err != nil {
+				soErr = err
+			}
 		}
 		return true
 	})

@@ -413,9 +413,7 @@ func (e *attackEnv) ensureHealthy(t *testing.T) string {
 	var notes []string
 	for _, p := range m.status().Processes {
 		if !p.Alive {
-			if out, err := m.run("start", p.Name); err != nil {
-				t.Fatalf("starting %s again before the attack: %v\n%s", p.Name, err, out)
-			}
+			e.start(t, p.Name)
 			notes = append(notes, "restarted dead "+p.Name)
 		}
 	}
@@ -426,12 +424,31 @@ func (e *attackEnv) ensureHealthy(t *testing.T) string {
 	}
 	for _, z := range ztunnels {
 		m.must("stop", z)
-		m.must("start", z)
+		e.start(t, z)
 	}
 	if err := e.waitHealthy(3 * healthWait); err != nil {
 		t.Fatalf("mesh not healthy before the attack, even after restarting the ztunnels: %v", err)
 	}
 	return strings.Join(notes, ", ")
+}
+
+// start starts a process of the mesh again; a second try follows a first
+// that failed (a ztunnel killed by an attack may leave its successor
+// briefly unable to become ready).
+func (e *attackEnv) start(t *testing.T, name string) {
+	t.Helper()
+	out, err := e.m.run("start", name)
+	if err == nil {
+		return
+	}
+	t.Logf("starting %s failed once, trying again: %v\n%s", name, err, out)
+	if out, err = e.m.run("start", name); err != nil {
+		logs, _ := os.ReadFile(e.paths.Log(name))
+		if len(logs) > 4096 {
+			logs = logs[len(logs)-4096:]
+		}
+		t.Fatalf("starting %s again before the attack: %v\n%s\nend of %s.log:\n%s", name, err, out, name, logs)
+	}
 }
 
 func (e *attackEnv) waitHealthy(d time.Duration) error {

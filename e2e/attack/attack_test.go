@@ -212,7 +212,7 @@ func TestZDSTakeover(t *testing.T) {
 				if _, _, err := c.WriteMsgUnix(add, unix.UnixRights(int(self.Fd())), nil); err != nil {
 					return
 				}
-				c.Read(buf) // the ack
+				c.Read(buf)                       // the ack
 				time.Sleep(50 * time.Millisecond) // then hang up; the attacker reconnects
 			}()
 		}

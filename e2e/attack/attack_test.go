@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/zdsapi"
@@ -71,7 +70,8 @@ func TestSocketsDialInNamespace(t *testing.T) {
 		}
 		b := []byte{byte(i)}
 		c.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := c.Write(b); err == nil {
+		_, err = c.Write(b)
+		if err == nil {
 			_, err = io.ReadFull(c, b)
 		}
 		c.Close()
@@ -123,20 +123,9 @@ func TestH2Conn(t *testing.T) {
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
 	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				if c.(*tls.Conn).Handshake() == nil {
-					(&http2.Server{}).ServeConn(c, &http2.ServeConnOpts{Handler: h})
-				}
-				c.Close()
-			}()
-		}
-	}()
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln) // HTTP/2: the listener's conns are TLS with ALPN h2
+	defer srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dial := func() *H2Conn {

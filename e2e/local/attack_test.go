@@ -51,7 +51,7 @@ const (
 	maxOutage           = 2 * time.Second
 	sampleEvery         = 150 * time.Millisecond
 	bystanderEvery      = 100 * time.Millisecond
-	bystanderTimeout    = time.Second
+	bystanderTimeout    = 1500 * time.Millisecond
 	healthWait          = 10 * time.Second
 	foreignListeners    = "ambit_ztunnel_foreign_listeners"
 	squatReportedWithin = 5 * time.Second

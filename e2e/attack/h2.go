@@ -58,7 +58,7 @@ type Answer struct {
 func (a Answer) String() string {
 	switch {
 	case a.Err != nil:
-		return "connection ended: " + a.Err.Error()
+		return a.Err.Error()
 	case a.Status != 0:
 		return "status " + strconv.Itoa(a.Status)
 	default:
@@ -110,6 +110,11 @@ func NewH2Conn(ctx context.Context, nc net.Conn, cert tls.Certificate) (*H2Conn,
 // returns its id. With wait, Response can be called for the stream; without
 // it the answer is only counted (a rapid reset keeps no per-stream state).
 func (c *H2Conn) Open(authority string, wait bool) (uint32, error) {
+	select {
+	case <-c.dead:
+		return 0, fmt.Errorf("connection ended: %w", c.Err())
+	default:
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	id := c.next
@@ -140,19 +145,25 @@ func (c *H2Conn) Flush() error {
 	return c.bw.Flush()
 }
 
-// Response waits for the answer to a stream opened with wait.
+// Response waits for the answer to a stream opened with wait; it can be
+// called once per stream.
 func (c *H2Conn) Response(ctx context.Context, id uint32) Answer {
 	c.smu.Lock()
 	ch := c.waiters[id]
 	c.smu.Unlock()
 	if ch == nil {
-		return Answer{Err: fmt.Errorf("stream %d was not opened with wait", id)}
+		return Answer{Err: fmt.Errorf("stream %d was not opened with wait, or its answer was already taken", id)}
 	}
+	defer func() {
+		c.smu.Lock()
+		delete(c.waiters, id)
+		c.smu.Unlock()
+	}()
 	select {
 	case a := <-ch:
 		return a
 	case <-ctx.Done():
-		return Answer{Err: ctx.Err()}
+		return Answer{Err: fmt.Errorf("no answer: %w", ctx.Err())}
 	}
 }
 
@@ -174,13 +185,17 @@ func (c *H2Conn) Err() error {
 // wait on a peer that stopped reading.
 func (c *H2Conn) Close() error { return c.raw.Close() }
 
+// answer hands the first answer of a stream to its waiter; later ones
+// (a reset after the status) are only counted.
 func (c *H2Conn) answer(id uint32, a Answer) {
 	c.smu.Lock()
 	ch := c.waiters[id]
-	delete(c.waiters, id)
 	c.smu.Unlock()
 	if ch != nil {
-		ch <- a
+		select {
+		case ch <- a:
+		default:
+		}
 	}
 }
 
@@ -189,12 +204,13 @@ func (c *H2Conn) readLoop() {
 	defer func() {
 		c.readErr.Store(&err)
 		c.smu.Lock()
-		waiters := c.waiters
-		c.waiters = map[uint32]chan Answer{}
-		c.smu.Unlock()
-		for _, ch := range waiters {
-			ch <- Answer{Err: err}
+		for _, ch := range c.waiters {
+			select {
+			case ch <- Answer{Err: fmt.Errorf("connection ended: %w", err)}:
+			default:
+			}
 		}
+		c.smu.Unlock()
 		close(c.dead)
 	}()
 	for {

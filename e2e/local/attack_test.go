@@ -83,6 +83,9 @@ services:
   - {name: quiet-b, namespace: demo, vip: 10.96.0.12, selector: {app: quiet-b}, ports: [{name: tcp, port: 9000}]}
 `
 
+// serverID is server-b's identity, the one a foreign enroll would lend.
+const serverID = "spiffe://cluster.local/ns/demo/sa/server"
+
 var (
 	echoAVIP  = netip.MustParseAddrPort("10.96.0.11:9000")
 	quietBVIP = netip.MustParseAddrPort("10.96.0.12:9000")
@@ -736,8 +739,10 @@ func (e *attackEnv) streamFlood(t *testing.T) string {
 			count["200"]++
 		case a.Status != 0:
 			count["non-2xx"]++
+		case a.Err != nil && hctx.Err() != nil:
+			count["unanswered in 5s"]++
 		case a.Err != nil:
-			count["unanswered"]++
+			count["connection ended"]++
 		default:
 			count["reset "+a.Reset.String()]++
 		}
@@ -750,7 +755,12 @@ func (e *attackEnv) streamFlood(t *testing.T) string {
 	slices.Sort(parts)
 	g := ""
 	if ga := c.GoAway(); ga != nil {
-		g = ", GOAWAY " + ga.ErrCode.String()
+		g = fmt.Sprintf(", GOAWAY %s %q", ga.ErrCode, ga.DebugData())
+	}
+	select {
+	case <-c.Done():
+		g += fmt.Sprintf(", connection ended: %v", c.Err())
+	default:
 	}
 	return fmt.Sprintf("%d streams on one connection held 5s: %s%s", len(ids), strings.Join(parts, ", "), g)
 }
@@ -947,21 +957,30 @@ func (e *attackEnv) enrollForeign(t *testing.T) string {
 		t.Errorf("node-b's agent enrolled demo/server-b with legacy/legacy's network namespace (status %d: %s); it must check the netns belongs to the pod", status, body)
 		t.Cleanup(func() { agentPost(e.paths.AgentSocket("node-b"), "/v1/release", ref) })
 	}
-	// legacy -> server-a:9000: server-a must see legacy's own address
-	// (plaintext from outside the mesh), not its own (the mesh path).
+	// legacy -> server-a:9000 must reach server-a's ztunnel as plaintext
+	// from outside the mesh, never over HBONE as server-b's identity
+	// (server-b itself never calls server-a).
+	before := inboundOpened(t, "node-a", serverID, "server-a")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	peer, err := e.echoPeer(ctx, e.legacy, e.addr("server-a", 9000))
-	switch {
-	case err != nil:
+	if err != nil {
 		t.Errorf("legacy -> server-a after the foreign enroll: %v", err)
-	case peer != e.ip["legacy"]:
-		t.Errorf("legacy -> server-a: server-a saw peer %v, want legacy's own %v: legacy's traffic left through the mesh", peer, e.ip["legacy"])
+	}
+	// A connection made as server-b would show within the second.
+	after := before
+	for deadline := time.Now().Add(time.Second); after == before && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond) // polling for a count that must not change
+		after = inboundOpened(t, "node-a", serverID, "server-a")
+	}
+	if after != before {
+		t.Errorf("legacy -> server-a arrived at ztunnel-node-a as %s (%v -> %v connections): legacy's traffic left the pod with server-b's identity", serverID, before, after)
 	}
 	if tables, err := inNetns(local.PodNetns("legacy", "legacy"), "nft", "list", "tables"); err == nil && strings.Contains(tables, "ambit") {
 		t.Errorf("legacy's netns got capture rules: %s", strings.TrimSpace(tables))
 	}
-	return fmt.Sprintf("enroll demo/server-b with legacy's netns: status %d %s; legacy -> server-a seen from %v", status, bytes.TrimSpace(body), peer)
+	return fmt.Sprintf("enroll demo/server-b with legacy's netns: status %d %s; legacy -> server-a answered (peer %v), connections from %s to server-a %v -> %v",
+		status, bytes.TrimSpace(body), peer, serverID, before, after)
 }
 
 // echoPeer makes one TCP echo call and returns the peer the server saw.

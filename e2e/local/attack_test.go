@@ -332,7 +332,7 @@ func (e *attackEnv) attack(t *testing.T, a attackCase) {
 			t.Errorf("%s.log: %s", name, line)
 		}
 	}
-	if a.check != nil && !t.Failed() {
+	if a.check != nil {
 		a.check(e, t)
 	}
 }

@@ -142,14 +142,7 @@ func TestH2Conn(t *testing.T) {
 	c := dial()
 	defer c.Close()
 	for authority, want := range map[string]int{"10.0.0.1:9000": 200, "10.0.0.1:15006": 403} {
-		id, err := c.Open(authority, true)
-		if err == nil {
-			err = c.Flush()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if a := c.Response(ctx, id); a.Status != want {
+		if _, a := c.Ask(ctx, authority); a.Status != want {
 			t.Errorf("CONNECT %s: %v, want status %d", authority, a, want)
 		}
 	}

@@ -167,6 +167,19 @@ func (c *H2Conn) Response(ctx context.Context, id uint32) Answer {
 	}
 }
 
+// Ask opens a stream for authority, sends it at once and waits for its
+// answer until ctx ends. It returns the stream's id (0 if none was opened).
+func (c *H2Conn) Ask(ctx context.Context, authority string) (uint32, Answer) {
+	id, err := c.Open(authority, true)
+	if err == nil {
+		err = c.Flush()
+	}
+	if err != nil {
+		return id, Answer{Err: err}
+	}
+	return id, c.Response(ctx, id)
+}
+
 // GoAway returns the peer's GOAWAY, if it sent one.
 func (c *H2Conn) GoAway() *http2.GoAwayFrame { return c.goAway.Load() }
 

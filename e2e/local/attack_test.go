@@ -547,16 +547,9 @@ func (e *attackEnv) connectOwnPorts(t *testing.T) string {
 	}
 	defer c.Close()
 	ask := func(port uint16) attack.Answer {
-		id, err := c.Open(e.addr("server-b", port).String(), true)
-		if err == nil {
-			err = c.Flush()
-		}
-		if err != nil {
-			return attack.Answer{Err: err}
-		}
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		a := c.Response(actx, id)
+		id, a := c.Ask(actx, e.addr("server-b", port).String())
 		if a.Status != 0 {
 			// Leave an answered stream open a while, as a client would,
 			// then reset it.
@@ -834,14 +827,7 @@ func (e *attackEnv) hboneCall(ctx context.Context, pod string) error {
 		return err
 	}
 	defer c.Close()
-	id, err := c.Open(e.addr(pod, 9000).String(), true)
-	if err == nil {
-		err = c.Flush()
-	}
-	if err != nil {
-		return err
-	}
-	if a := c.Response(ctx, id); a.Status != 200 {
+	if _, a := c.Ask(ctx, e.addr(pod, 9000).String()); a.Status != 200 {
 		return fmt.Errorf("CONNECT %s: %v", e.addr(pod, 9000), a)
 	}
 	return nil

@@ -6,7 +6,10 @@
 //   - new-connection setup time direct, with a warm pool and a cold pool,
 //   - CPU seconds per GB spent by the two proxies,
 //   - with -mesh (root): one TCP stream and 1-byte ping-pongs pod → pod
-//     across the two nodes of a local mesh, not enrolled vs enrolled.
+//     across the two nodes of a local mesh, not enrolled vs enrolled, and
+//     the ztunnels' threads, open files and RSS at baseline, with -held
+//     connections held open pod → pod through the mesh, and 10s after
+//     they closed.
 //
 // The proxies run in a child process (this binary with -role proxies) so
 // their CPU time is measured apart from the load generators. It is a program
@@ -39,6 +42,7 @@ func main() {
 	dials := flag.Int("dials", 200, "connections per setup-time run")
 	mesh := flag.Bool("mesh", true, "also measure pod to pod across nodes of a local mesh (root)")
 	binDir := flag.String("bin", "bin", "directory of the built binaries (for -mesh)")
+	held := flag.Int("held", 5000, "connections held open pod → pod for the ztunnel resource figures (-mesh; 0 skips them)")
 	flag.Parse()
 	var err error
 	if *role == "proxies" {
@@ -46,7 +50,7 @@ func main() {
 	} else {
 		err = run(*duration, *pings, *dials)
 		if err == nil && *mesh {
-			err = runMesh(*binDir, *duration, *pings)
+			err = runMesh(*binDir, *duration, *pings, *held)
 		}
 	}
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,8 +46,10 @@ func (s meshStatus) ip(ns, name string) string {
 
 // runMesh measures pod → pod across two nodes of a local mesh: the plain
 // namespace goes direct over the node link, the bench namespace through
-// ztunnel → HBONE → ztunnel. It replaces any local mesh already running.
-func runMesh(binDir string, duration time.Duration, pings int) error {
+// ztunnel → HBONE → ztunnel; then, unless held is 0, the ztunnels'
+// resources with held connections open (runHeld). It replaces any local
+// mesh already running.
+func runMesh(binDir string, duration time.Duration, pings, held int) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the pod-to-pod part needs root (it builds a local mesh); run 'sudo make bench' or pass -mesh=false")
 	}
@@ -82,9 +85,11 @@ func runMesh(binDir string, duration time.Duration, pings int) error {
 		return fmt.Errorf("ambitctl local status: %w", err)
 	}
 	var ztunnels []int
+	ztunnelPIDs := map[string]int{}
 	for _, p := range st.Processes {
 		if strings.HasPrefix(p.Name, "ztunnel-") {
 			ztunnels = append(ztunnels, p.PID)
+			ztunnelPIDs[p.Name] = p.PID
 		}
 	}
 
@@ -154,7 +159,14 @@ func runMesh(binDir string, duration time.Duration, pings int) error {
 	fmt.Println("round trip, 1-byte ping-pong on one connection, node-a → node-b")
 	fmt.Printf("  direct (not enrolled)  p50 %8s   p99 %8s\n", us(pct(dLat, 50)), us(pct(dLat, 99)))
 	fmt.Printf("  through the mesh       p50 %8s   p99 %8s   added p50 %s\n", us(pct(mLat, 50)), us(pct(mLat, 99)), us(pct(mLat, 50)-pct(dLat, 50)))
-	return nil
+	if held == 0 {
+		return nil
+	}
+	echo, err := netip.ParseAddr(st.ip("bench", "echo"))
+	if err != nil {
+		return fmt.Errorf("bench/echo has no address: %w", err)
+	}
+	return runHeld(ztunnelPIDs, "bench", echo, held, time.Minute)
 }
 
 func sumCPU(pids []int) (float64, error) {

@@ -194,3 +194,29 @@ func TestParseMemoryLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestReclaimer(t *testing.T) {
+	r := reclaimer{threshold: 16, base: 100, peak: 10}
+	steps := []struct {
+		heap       uint64
+		goroutines int
+		want       bool
+	}{
+		{110, 10, false},  // within the threshold
+		{400, 500, false}, // a load: heap grows, goroutines peak
+		{400, 300, false}, // still above half the peak
+		{400, 250, true},  // the load has passed
+	}
+	for i, s := range steps {
+		if got := r.observe(s.heap, s.goroutines); got != s.want {
+			t.Fatalf("step %d (%+v): reclaim %v", i, s, got)
+		}
+	}
+	r.reclaimed(120, 250)
+	if r.observe(130, 100) {
+		t.Fatal("reclaims again within the threshold of the new base")
+	}
+	if !r.observe(200, 100) {
+		t.Fatal("no reclaim of a grown heap with the load gone")
+	}
+}

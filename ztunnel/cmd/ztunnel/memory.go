@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
@@ -80,35 +81,74 @@ func applyMemoryLimit(limit int64, log *slog.Logger) {
 	}
 }
 
-// reclaimMemory gives memory back to the OS after a load has passed: when
-// the heap holds more than threshold bytes of free, unreleased spans for
-// two checks in a row (a burst of connections came and went), it returns
-// them with debug.FreeOSMemory, at most once per interval. The runtime's
-// own scavenger does the same, but over minutes.
+// reclaimMemory gives memory back to the OS after a load has passed. A
+// burst of connections grows the heap; once it has passed, nothing makes
+// the runtime collect and return that memory soon (no allocation, no GC;
+// the scavenger works over minutes). Every interval it samples the heap
+// and the goroutine count (a proxy for connections in flight) and, when
+// reclaim says so, runs debug.FreeOSMemory (a GC, then every free span
+// returned).
 func reclaimMemory(ctx context.Context, interval time.Duration, threshold uint64, log *slog.Logger) {
-	samples := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	samples := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+	}
+	heap := func() (uint64, bool) {
+		metrics.Read(samples)
+		var total uint64
+		for _, s := range samples {
+			if s.Value.Kind() != metrics.KindUint64 {
+				return 0, false
+			}
+			total += s.Value.Uint64()
+		}
+		return total, true
+	}
+	h, ok := heap()
+	if !ok {
+		log.Warn("runtime heap metrics missing; memory reclaim off", "error", errors.New(samples[0].Name))
+		return
+	}
+	r := reclaimer{threshold: threshold, base: h, peak: runtime.NumGoroutine()}
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	over := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		metrics.Read(samples)
-		if samples[0].Value.Kind() != metrics.KindUint64 {
-			log.Warn("runtime metric missing; memory reclaim off", "error", errors.New(samples[0].Name))
-			return
+		h, _ := heap()
+		if !r.observe(h, runtime.NumGoroutine()) {
+			continue
 		}
-		if free := samples[0].Value.Uint64(); free > threshold {
-			if over++; over >= 2 {
-				debug.FreeOSMemory()
-				log.Debug("returned free heap memory to the OS", "bytes", free)
-				over = 0
-			}
-		} else {
-			over = 0
-		}
+		debug.FreeOSMemory()
+		after, _ := heap()
+		r.reclaimed(after, runtime.NumGoroutine())
+		log.Debug("returned heap memory to the OS after a load", "heap_before", h, "heap_after", after)
 	}
+}
+
+// reclaimer decides when to reclaim: the heap is more than threshold above
+// its size after the last reclaim (base), and the goroutines have fallen
+// to half their peak since then (the load that grew it has passed).
+type reclaimer struct {
+	threshold uint64
+	base      uint64
+	peak      int
+}
+
+// observe takes a sample and reports whether to reclaim now.
+func (r *reclaimer) observe(heap uint64, goroutines int) bool {
+	r.peak = max(r.peak, goroutines)
+	if heap < r.base {
+		r.base = heap
+	}
+	return heap > r.base+r.threshold && 2*goroutines <= r.peak
+}
+
+// reclaimed records the state after a reclaim.
+func (r *reclaimer) reclaimed(heap uint64, goroutines int) {
+	r.base, r.peak = heap, goroutines
 }

@@ -187,7 +187,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	}
 	go func() { defer wg.Done(); pods.Run(ctx) }()
 	wg.Add(1)
-	go func() { defer wg.Done(); reclaimMemory(ctx, 2*time.Second, 16<<20, log) }()
+	go func() { defer wg.Done(); reclaimMemory(ctx, time.Second, 8<<20, log) }()
 	go func() { defer wg.Done(); _ = zc.Run(ctx) }()
 	log.Info("ztunnel started", "zds_socket", cfg.ZDSSocket, "ca", cfg.CAAddr, "local_config", cfg.LocalConfig, "xds", cfg.XDSAddr,
 		"metrics", bound[0].String(), "readiness", bound[1].String(), "admin", bound[2].String())

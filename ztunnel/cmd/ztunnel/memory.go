@@ -123,6 +123,10 @@ func reclaimMemory(ctx context.Context, interval time.Duration, threshold uint64
 		if !r.observe(h, runtime.NumGoroutine()) {
 			continue
 		}
+		// Two collections: the first moves sync.Pool contents (the relays'
+		// copy buffers) to the pools' victim caches, the second (inside
+		// FreeOSMemory) frees them, then every free span is returned.
+		runtime.GC()
 		debug.FreeOSMemory()
 		after, _ := heap()
 		r.reclaimed(after, runtime.NumGoroutine())

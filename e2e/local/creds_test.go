@@ -2,15 +2,10 @@ package local
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,9 +20,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
-	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/ambit-mesh/ambit/pkg/netns"
+	"github.com/ambit-mesh/ambit/pkg/spiffe"
+	"github.com/ambit-mesh/ambit/ztunnel/identity"
 )
 
 // credsTopology: a pod on each node, calling across nodes.
@@ -86,11 +82,20 @@ func TestNodeTokensBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	bctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+strings.TrimSpace(string(tokB)))
+	ctx := metadata.AppendToOutgoingContext(bctx, "authorization", "Bearer "+strings.TrimSpace(string(tokB)))
 
-	certs := pb.NewIstioCertificateServiceClient(conn)
+	// Certificates through ztunnel's own CA client, with node-b's token file.
+	dial := grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return socks.Dial(ctx, "tcp", addr) })
+	certs, err := identity.NewCAClient(identity.CAClientOptions{
+		Address: istiodAddr, ServerName: "istiod.istio-system.svc", RootCAs: roots,
+		Token: identity.FileToken(filepath.Join(m.state, "nodes/node-b/token")), DialOptions: []grpc.DialOption{dial},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer certs.Close()
 	for _, c := range []struct {
 		ns, sa string
 		want   codes.Code
@@ -99,7 +104,7 @@ func TestNodeTokensBound(t *testing.T) {
 		{"demo", "client", codes.PermissionDenied}, // client runs on node-a
 		{"istio-system", "istiod", codes.PermissionDenied},
 	} {
-		_, err := certs.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: csrFor(t, c.ns, c.sa)})
+		_, err := certs.Fetch(bctx, spiffe.ID{TrustDomain: "cluster.local", Namespace: c.ns, ServiceAccount: c.sa})
 		if grpcstatus.Code(err) != c.want {
 			t.Errorf("node-b's token for %s/%s: %v, want %v", c.ns, c.sa, err, c.want)
 		} else if err != nil && !strings.Contains(err.Error(), "on node node-b") {
@@ -147,18 +152,4 @@ func TestNodeTokensBound(t *testing.T) {
 	if !strings.Contains(out, "answered by server-b(3)") {
 		t.Errorf("not answered by server-b: %s", out)
 	}
-}
-
-func csrFor(t *testing.T, ns, sa string) string {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &url.URL{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/" + ns + "/sa/" + sa}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }

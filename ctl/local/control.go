@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 )
 
 // ErrNoProcess is returned by Stop and Start for a name procs.json does not
@@ -60,8 +61,11 @@ func (e *Engine) lockProc(name string) (procs *procTable, i int, unlock func(), 
 // (stopped with Stop, or exited): the recorded command, environment and
 // network namespace, output appended to its log. It returns once the
 // process is ready (for a pod: alive; for istiod: every ztunnel re-synced
-// with it), within ReadyTimeout. Starting a
-// running process does nothing.
+// with it), within ReadyTimeout; the readiness answer must come from the
+// process started (Engine.answeredBy). Starting a running process does
+// nothing. It refuses (ErrUnrecorded) while a process of the same program
+// runs unrecorded in the same network namespace, and kills the process it
+// started when it cannot record it (a full state dir).
 func (e *Engine) Start(ctx context.Context, name string) error {
 	procs, i, unlock, err := e.lockProc(name)
 	if err != nil {
@@ -76,14 +80,23 @@ func (e *Engine) Start(ctx context.Context, name string) error {
 	if len(old.Command) == 0 {
 		return fmt.Errorf("%s: procs.json records no command to start", name)
 	}
+	orphans, err := unrecorded(old, procs.Procs)
+	if err != nil {
+		return fmt.Errorf("starting %s: %w", name, err)
+	}
+	if len(orphans) > 0 {
+		o := orphans[0]
+		return fmt.Errorf("starting %s: %w: pid %d (%s) runs in network namespace %s but procs.json does not record it (left by a start that could not record it?); stop it with `kill %d` and start %s again",
+			name, ErrUnrecorded, o.PID, strings.Join(o.Command, " "), old.Netns, o.PID, name)
+	}
 	p, reaped, err := Launch(old.Netns, old.Command[0], old.Command[1:], old.Env, old.Log)
 	if err != nil {
 		return fmt.Errorf("starting %s: %w", name, err)
 	}
 	p.Name, p.Kind, p.Node, p.Pod = old.Name, old.Kind, old.Node, old.Pod
 	procs.Procs[i] = p
-	if err := procs.save(e.Paths.Procs()); err != nil {
-		return err
+	if err := recordStarted(procs, e.Paths.Procs(), p, reaped); err != nil {
+		return fmt.Errorf("starting %s: %w", name, err)
 	}
 	s := &session{e: e, procs: procs, reaped: map[int]<-chan struct{}{p.PID: reaped}}
 	if err := s.wait(ctx, name, e.readyCheck(p)); err != nil {

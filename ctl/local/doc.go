@@ -27,7 +27,9 @@
 // Capture state reaches istiod as Istio's annotation
 // ambient.istio.io/redirection=enabled, which ambitctl writes in place of
 // the node agent (Paths.Redirection records it): a new pod is written to
-// the config dir only after its CNI ADD, marked when the agent's Check says
+// the config dir as Pending (its node and service account, no IP, so no
+// workload) before its CNI ADD, as on Kubernetes, and with its IP after it,
+// marked when the agent's Check says
 // enrolled and captured (or, the agent not answering, when it is enrolled:
 // a successful CNI ADD of an enrolled pod means captured). A label change
 // that enrolls a pod marks it before the agent captures it; one that
@@ -38,7 +40,16 @@
 // State (Paths): the applied topology, the cluster state file, the config
 // dir, the redirection marks, istiod's CA dir and token file, per-node
 // sockets and CNI config, logs, and procs.json, which records every process
-// started (pid and start time) so that status and down find them.
+// started (pid and start time) so that status and down find them; a
+// process that cannot be recorded (a full state dir) is killed at once, and
+// a readiness answer counts only when it comes from the recorded process
+// (alive, holding the listening socket of its readiness endpoint).
+//
+// Credentials: each node's ztunnel gets its own token (Paths.NodeToken,
+// mode 0600), an entry with that node in istiod's token file: istiod issues
+// it only the identities of the pods its config dir puts on that node and
+// serves it xDS only as that node's ztunnel (istiod/ca, istiod/xds). Pods
+// share the host's filesystem: they are no isolation boundary.
 // Processes are started with nsenter as their own process groups. Stop and
 // Start take one of them down and up again (its recorded command,
 // environment and netns), marking it stopped in procs.json in between; the

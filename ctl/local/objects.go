@@ -70,9 +70,9 @@ type (
 	}
 	kubePodStatus struct {
 		Phase      string         `json:"phase"`
-		PodIP      string         `json:"podIP"`
-		PodIPs     []podIP        `json:"podIPs"`
-		Conditions []podCondition `json:"conditions"`
+		PodIP      string         `json:"podIP,omitempty"`
+		PodIPs     []podIP        `json:"podIPs,omitempty"`
+		Conditions []podCondition `json:"conditions,omitempty"`
 	}
 	servicePort struct {
 		Name        string `json:"name,omitempty"`
@@ -92,8 +92,9 @@ type (
 
 // ConfigFiles renders the cluster as the Kubernetes objects istiod reads
 // from its config dir: Namespaces with their labels; a ServiceAccount per
-// service account pods use; a Pod per pod that has an IP (uid = its uid in
-// the cluster state, phase Running and Ready, annotated
+// service account pods use; a Pod per pod of the cluster state (uid = its
+// uid there, on its node; phase Running and Ready with its IPs once it has
+// them, Pending without IPs before; annotated
 // ambient.istio.io/redirection=enabled when redirected[uid]); a ClusterIP
 // Service per service; and the policies verbatim. It is pure: the same
 // inputs give the same bytes (objects sorted by namespace and name).
@@ -118,14 +119,20 @@ func ConfigFiles(t *topology.Topology, cs *localcluster.State, redirected map[st
 	sort.Slice(tpods, func(i, j int) bool { return tpods[i].Key() < tpods[j].Key() })
 	for _, p := range tpods {
 		cp, ok := cs.Pod(p.Namespace, p.Name)
-		if !ok || len(cp.IPs) == 0 {
-			continue // no network yet: not a workload
+		if !ok {
+			continue
 		}
 		md := objectMeta{Name: p.Name, Namespace: p.Namespace, UID: cp.UID, Labels: p.Labels}
 		if redirected[cp.UID] {
 			md.Annotations = map[string]string{AnnotationRedirection: "enabled"}
 		}
-		st := kubePodStatus{Phase: "Running", PodIP: cp.IPs[0].String(), Conditions: []podCondition{{Type: "Ready", Status: "True"}}}
+		// No network yet: Pending, not a workload, but scheduled on its
+		// node, so its node's ztunnel may get its identity (as on
+		// Kubernetes, where the pod exists before its CNI ADD).
+		st := kubePodStatus{Phase: "Pending"}
+		if len(cp.IPs) > 0 {
+			st = kubePodStatus{Phase: "Running", PodIP: cp.IPs[0].String(), Conditions: []podCondition{{Type: "Ready", Status: "True"}}}
+		}
 		for _, ip := range cp.IPs {
 			st.PodIPs = append(st.PodIPs, podIP{IP: ip.String()})
 		}

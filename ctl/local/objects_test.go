@@ -100,12 +100,15 @@ func TestConfigDirGolden(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatalf("istiod rejects the generated config: %v", errors.Join(errs...))
 	}
-	if got := len(snap.Pods); got != 4 {
-		t.Errorf("%d pods, want 4 (the pending pod has no IP)", got)
+	if got := len(snap.Pods); got != 5 {
+		t.Errorf("%d pods, want 5 (4 running, the pending one without IP)", got)
 	}
 	res, berrs := ambient.Build(snap, meshOptions(topo))
 	if len(berrs) > 0 {
 		t.Fatalf("istiod's builder: %v", errors.Join(berrs...))
+	}
+	if len(res.Workloads) != 4 {
+		t.Errorf("%d workloads, want 4 (a pending pod without IP is none)", len(res.Workloads))
 	}
 	tunnel := map[string]workloadapi.TunnelProtocol{}
 	for _, w := range res.Workloads {

@@ -247,3 +247,165 @@ func ProcsInNetns(ids map[netns.ID]bool) []Proc {
 	}
 	return out
 }
+
+// ErrUnrecorded is returned by Start when a process of the same role runs
+// without being recorded in procs.json.
+var ErrUnrecorded = errors.New("a process local mode does not track is running")
+
+// recordStarted saves t, which holds p, the process just launched, to
+// path. When that fails p is killed and reaped (reaped closes when it has
+// been) before the error is returned: a process that is not recorded would
+// run untracked, unseen by status, stop and down, holding its ports, and
+// answer the readiness checks of the next start.
+func recordStarted(t *procTable, path string, p Proc, reaped <-chan struct{}) error {
+	err := t.save(path)
+	if err == nil {
+		return nil
+	}
+	_ = syscall.Kill(-p.PID, syscall.SIGKILL)
+	_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	dir := filepath.Dir(path)
+	select {
+	case <-reaped:
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("recording %s (pid %d) in %s: %w; it still runs after SIGKILL: kill %d, free space in %s (df -h %s), then start it again",
+			p.Name, p.PID, path, err, p.PID, dir, dir)
+	}
+	return fmt.Errorf("recording %s (pid %d) in %s: %w; it was stopped so that it does not run untracked: free space in %s (df -h %s), then start it again",
+		p.Name, p.PID, path, err, dir, dir)
+}
+
+// unrecorded returns the live processes of p's role that are none of
+// recorded: in p's network namespace, running p's program (the base name of
+// argv[0], which is the program nsenter executed). A start that could not
+// record its process, or one killed before it did, leaves such a process.
+func unrecorded(p Proc, recorded []Proc) ([]Proc, error) {
+	if len(p.Command) == 0 {
+		return nil, nil
+	}
+	id, err := netns.IDOfPath(netns.Path(p.Netns))
+	if err != nil {
+		return nil, fmt.Errorf("network namespace %s of %s: %w", p.Netns, p.Name, err)
+	}
+	known := map[int]uint64{}
+	for _, r := range recorded {
+		known[r.PID] = r.StartTime
+	}
+	prog := filepath.Base(p.Command[0])
+	var out []Proc
+	for _, q := range ProcsInNetns(map[netns.ID]bool{id: true}) {
+		if start, ok := known[q.PID]; ok && start == q.StartTime {
+			continue
+		}
+		argv := procCmdline(q.PID)
+		if len(argv) == 0 || filepath.Base(argv[0]) != prog {
+			continue
+		}
+		q.Command, q.Netns = argv, p.Netns
+		out = append(out, q)
+	}
+	return out, nil
+}
+
+// procCmdline is the argument vector of pid, nil when unreadable.
+func procCmdline(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+// holdsListener returns nil when process pid holds a listening socket: TCP
+// (v4 or v6) on port in pid's network namespace when port > 0, else the
+// unix socket bound at unixPath. Otherwise the error names the process that
+// holds it, if any. With one listener per address (no SO_REUSEPORT on
+// readiness ports), an answer on that address then came from pid.
+func holdsListener(pid, port int, unixPath string) error {
+	var inodes map[string]bool
+	what := unixPath
+	if port > 0 {
+		what = fmt.Sprintf("TCP port %d", port)
+		inodes = tcpListeners(pid, port)
+	} else {
+		inodes = unixListeners(pid, unixPath)
+	}
+	if len(inodes) == 0 {
+		return fmt.Errorf("nothing listens on %s in the network namespace of pid %d", what, pid)
+	}
+	if socketsOf(pid, inodes) {
+		return nil
+	}
+	self, _ := netns.IDOfPath(fmt.Sprintf("/proc/%d/ns/net", pid))
+	for _, q := range ProcsInNetns(map[netns.ID]bool{self: true}) {
+		if q.PID != pid && socketsOf(q.PID, inodes) {
+			return fmt.Errorf("%s is served by pid %d (%s), not by pid %d", what, q.PID, strings.Join(procCmdline(q.PID), " "), pid)
+		}
+	}
+	return fmt.Errorf("%s is served by another process, not by pid %d", what, pid)
+}
+
+// tcpListeners returns the inodes of the TCP sockets listening on port in
+// pid's network namespace.
+func tcpListeners(pid, port int) map[string]bool {
+	out := map[string]bool{}
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			fs := strings.Fields(line)
+			if len(fs) < 10 || fs[3] != "0A" { // 0A: TCP_LISTEN
+				continue
+			}
+			_, hexPort, ok := strings.Cut(fs[1], ":")
+			if p, err := strconv.ParseUint(hexPort, 16, 16); ok && err == nil && int(p) == port {
+				out[fs[9]] = true
+			}
+		}
+	}
+	return out
+}
+
+// unixListeners returns the inodes of the listening unix sockets bound at
+// path, as pid's network namespace lists them.
+func unixListeners(pid int, path string) map[string]bool {
+	out := map[string]bool{}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/unix", pid))
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		// Num RefCount Protocol Flags Type St Inode Path
+		fs := strings.Fields(line)
+		if len(fs) < 8 || fs[7] != path {
+			continue
+		}
+		if flags, err := strconv.ParseUint(fs[3], 16, 32); err == nil && flags&0x10000 != 0 { // __SO_ACCEPTCON: listening
+			out[fs[6]] = true
+		}
+	}
+	return out
+}
+
+// socketsOf reports whether pid has a descriptor open on one of the socket
+// inodes.
+func socketsOf(pid int, inodes map[string]bool) bool {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		l, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		if in, ok := strings.CutPrefix(l, "socket:["); ok && inodes[strings.TrimSuffix(in, "]")] {
+			return true
+		}
+	}
+	return false
+}

@@ -50,6 +50,19 @@
 //
 // # Static token file (local mode)
 //
-// See ParseStaticTokens for the format; each token names a caller and the
-// SPIFFE IDs or patterns (spiffe://<td>/ns/*/sa/*) it may request.
+// See ParseStaticTokens for the format; each token names a caller and
+// either the SPIFFE IDs or patterns (spiffe://<td>/ns/*/sa/*) it may
+// request, or a node: the caller is then that node's ztunnel (NodeBound),
+// authorized as on Kubernetes by AuthorizeNode against the pods view given
+// to SetNodePods (local mode: the pods of istiod's config dir), and its xDS
+// streams are bound to that node.
+//
+// # Node authorization
+//
+// AuthorizeNode is Istio's node authorization, shared by the static node
+// tokens and istiod/ca/kubeauth: the ztunnel of node N may obtain
+// spiffe://<td>/ns/<ns>/sa/<sa> only while a pod of namespace ns running as
+// service account sa is on N and has not terminated. The refusal wraps
+// ErrPermissionDenied and names the service account and the node; a view
+// that cannot answer is an error the CA reports as Unavailable.
 package ca

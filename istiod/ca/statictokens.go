@@ -27,8 +27,14 @@ type TokenEntry struct {
 	Token string `json:"token"`
 	// Identities the caller may request: SPIFFE IDs, where the namespace or
 	// service account may be "*" (any), e.g. spiffe://cluster.local/ns/*/sa/*.
-	// The trust domain must be the CA's.
-	Identities []string `json:"identities"`
+	// The trust domain must be the CA's. Exclusive with Node.
+	Identities []string `json:"identities,omitempty"`
+	// Node makes the caller that node's ztunnel: it may request the
+	// identity of a pod only while a pod with that namespace and service
+	// account is on the node (AuthorizeNode, in the pods view given by
+	// SetNodePods), and its xDS streams must present that node's ztunnel
+	// node ID. Exclusive with Identities.
+	Node string `json:"node,omitempty"`
 }
 
 type tokenFile struct {
@@ -36,20 +42,26 @@ type tokenFile struct {
 }
 
 // StaticTokens authenticates callers by fixed bearer tokens (local mode).
+// Safe for concurrent use once SetNodePods was called (if needed).
 type StaticTokens struct {
 	byHash map[[sha256.Size]byte]*staticCaller
+	pods   NodePods // for node callers; nil until SetNodePods
+	nodes  int      // entries with a node
 }
 
 var (
 	_ Authenticator = (*StaticTokens)(nil)
 	_ Caller        = (*staticCaller)(nil)
+	_ NodeBound     = (*staticCaller)(nil)
 )
 
 type idPattern struct{ ns, sa string } // "*" matches any
 
 type staticCaller struct {
+	s        *StaticTokens
 	name     string
 	patterns []idPattern
+	node     string
 	td       string
 }
 
@@ -72,16 +84,18 @@ func LoadStaticTokens(path, trustDomain string) (*StaticTokens, error) {
 //	tokens:
 //	- name: ztunnel-node-a              # caller name for logs; unique
 //	  token: 8f1c0e6b2d9a47c3b5e1...    # bearer secret, >= 16 chars; unique
-//	  identities:                       # what it may request; at least one
-//	  - spiffe://cluster.local/ns/*/sa/*
+//	  node: node-a                      # node-a's ztunnel: its pods' identities
 //	- name: demo-client
 //	  token: 0f9e8d7c6b5a49382716...
-//	  identities:
+//	  identities:                       # what it may request; at least one
 //	  - spiffe://cluster.local/ns/default/sa/client
 //	  - spiffe://cluster.local/ns/shop/sa/*
 //
-// "*" stands for a whole namespace or service-account segment only. A
-// commented example is istiod/ca/testdata/tokens.example.yaml.
+// An entry has either a node (the caller is that node's ztunnel, bound to
+// it as Kubernetes' TokenReview plus node authorization bind a ztunnel's
+// token: see TokenEntry.Node) or identities. "*" stands for a whole
+// namespace or service-account segment only. A commented example is
+// istiod/ca/testdata/tokens.example.yaml.
 func ParseStaticTokens(data []byte, trustDomain string) (*StaticTokens, error) {
 	var f tokenFile
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
@@ -120,10 +134,18 @@ func NewStaticTokens(trustDomain string, entries []TokenEntry) (*StaticTokens, e
 		if _, dup := s.byHash[h]; dup {
 			return nil, fmt.Errorf("%w: %s: token already used by another entry; tokens must be unique", ErrTokenFile, where)
 		}
-		if len(e.Identities) == 0 {
-			return nil, fmt.Errorf("%w: %s: no identities; list the SPIFFE IDs or patterns it may request", ErrTokenFile, where)
+		switch {
+		case e.Node != "" && len(e.Identities) > 0:
+			return nil, fmt.Errorf("%w: %s: both node and identities; a node's ztunnel gets the identities of its node's pods, give it no identities", ErrTokenFile, where)
+		case e.Node != "" && !validNodeName(e.Node):
+			return nil, fmt.Errorf("%w: %s: node %q is not a node name (lower-case letters, digits, '-' and '.')", ErrTokenFile, where, e.Node)
+		case e.Node == "" && len(e.Identities) == 0:
+			return nil, fmt.Errorf("%w: %s: no identities; list the SPIFFE IDs or patterns it may request, or set node for a node's ztunnel", ErrTokenFile, where)
 		}
-		c := &staticCaller{name: e.Name, td: trustDomain}
+		c := &staticCaller{s: s, name: e.Name, node: e.Node, td: trustDomain}
+		if e.Node != "" {
+			s.nodes++
+		}
 		for j, id := range e.Identities {
 			p, err := parsePattern(id, trustDomain)
 			if err != nil {
@@ -135,6 +157,27 @@ func NewStaticTokens(trustDomain string, entries []TokenEntry) (*StaticTokens, e
 	}
 	return s, nil
 }
+
+func validNodeName(n string) bool {
+	if len(n) > 253 {
+		return false
+	}
+	for _, r := range n {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// SetNodePods gives the node callers the view of the pods they are
+// authorized by. Call it before the first Authenticate; without it a node
+// caller's requests fail (Unavailable), never allowed.
+func (s *StaticTokens) SetNodePods(p NodePods) { s.pods = p }
+
+// HasNodes reports whether some entry is a node's ztunnel (then
+// SetNodePods is needed).
+func (s *StaticTokens) HasNodes() bool { return s.nodes > 0 }
 
 func parsePattern(s, td string) (idPattern, error) {
 	// Substitute wildcards by a valid label, parse, then put them back.
@@ -185,7 +228,13 @@ func (s *StaticTokens) Authenticate(ctx context.Context) (Caller, error) {
 
 func (c *staticCaller) Name() string { return c.name }
 
+// Node implements NodeBound: the entry's node, "" for other callers.
+func (c *staticCaller) Node() string { return c.node }
+
 func (c *staticCaller) Authorize(_ context.Context, id spiffe.ID) error {
+	if c.node != "" {
+		return c.authorizeNode(id)
+	}
 	if id.TrustDomain == c.td {
 		for _, p := range c.patterns {
 			if (p.ns == "*" || p.ns == id.Namespace) && (p.sa == "*" || p.sa == id.ServiceAccount) {
@@ -194,4 +243,19 @@ func (c *staticCaller) Authorize(_ context.Context, id spiffe.ID) error {
 		}
 	}
 	return fmt.Errorf("%w: caller %q may not request %s; add it to that caller's identities in the token file", ErrPermissionDenied, c.name, id)
+}
+
+// authorizeNode is node authorization for the ztunnel of c.node.
+func (c *staticCaller) authorizeNode(id spiffe.ID) error {
+	if id.TrustDomain != c.td {
+		return fmt.Errorf("%w: caller %q (ztunnel of node %s) may not request %s: trust domain %q is not the CA's %q",
+			ErrPermissionDenied, c.name, c.node, id, id.TrustDomain, c.td)
+	}
+	if c.s.pods == nil {
+		return fmt.Errorf("caller %q is the ztunnel of node %s, but istiod has no view of the pods to authorize it (run istiod with a config source)", c.name, c.node)
+	}
+	if err := AuthorizeNode(c.s.pods, c.node, id); err != nil {
+		return fmt.Errorf("caller %q (ztunnel of node %s) may not request %s: %w", c.name, c.node, id, err)
+	}
+	return nil
 }

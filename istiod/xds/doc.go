@@ -43,7 +43,11 @@
 // 100/s, burst 100); over it the stream fails with ResourceExhausted and
 // the client backs off and retries, as with Istio's pilot-discovery.
 // Options.Authorize, if set, vets each stream from its context (peer, TLS
-// state, metadata) before it is served.
+// state, metadata) before it is served; Options.AuthorizeNode, if set, vets
+// the node of the stream's first request before anything is sent (istiod
+// binds a node's ztunnel credential to that node's ztunnel node ID:
+// CheckZtunnelNode). ParseNodeID reads Istio's node ID form
+// "<type>~<ip>~<pod>.<namespace>~<domain>".
 //
 // # Why not go-control-plane's server and cache
 //

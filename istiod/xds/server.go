@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -37,6 +38,12 @@ const (
 // a gRPC status is returned as is; any other error as PermissionDenied.
 type AuthorizeFunc func(ctx context.Context) error
 
+// AuthorizeNodeFunc decides whether the caller of a stream (ctx as for
+// AuthorizeFunc) may receive workload discovery as node, the node of the
+// stream's first request (nil when that request has none). Errors map as
+// for AuthorizeFunc.
+type AuthorizeNodeFunc func(ctx context.Context, node *core.Node) error
+
 // Options configure a Server. The zero value uses the defaults.
 type Options struct {
 	// Debounce is the quiet period after a Set before a push; default
@@ -53,6 +60,11 @@ type Options struct {
 	// Authorize, if set, is called for every new stream before it is
 	// served.
 	Authorize AuthorizeFunc
+	// AuthorizeNode, if set, is called once per stream with the node of
+	// its first request, before that request is handled: nothing is sent
+	// to a stream before its node is authorized. On error the stream ends
+	// with that error.
+	AuthorizeNode AuthorizeNodeFunc
 	// Logger receives stream lifecycle and NACK lines; default
 	// slog.Default.
 	Logger *slog.Logger
@@ -222,11 +234,7 @@ func (s *Server) DeltaAggregatedResources(gs discovery.AggregatedDiscoveryServic
 	}
 	if s.opts.Authorize != nil {
 		if err := s.opts.Authorize(ctx); err != nil {
-			s.stats.streamsUnauthorized.Add(1)
-			if _, ok := status.FromError(err); ok {
-				return err
-			}
-			return status.Error(codes.PermissionDenied, err.Error())
+			return s.unauthorized(err)
 		}
 	}
 	st := newStream(s, gs, s.nextID.Add(1))
@@ -248,6 +256,16 @@ func (s *Server) DeltaAggregatedResources(gs discovery.AggregatedDiscoveryServic
 		st.logger().Debug("xDS stream ended")
 	}
 	return err
+}
+
+// unauthorized counts a refused stream and returns its gRPC error: err if
+// it is a status, else PermissionDenied.
+func (s *Server) unauthorized(err error) error {
+	s.stats.streamsUnauthorized.Add(1)
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.PermissionDenied, err.Error())
 }
 
 // StreamAggregatedResources is not served: workload discovery is delta only.

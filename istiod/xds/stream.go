@@ -90,9 +90,17 @@ func (st *stream) run(ctx context.Context) error {
 			}
 		}
 	}()
+	nodeChecked := st.srv.opts.AuthorizeNode == nil
 	for {
 		select {
 		case req := <-reqs:
+			if !nodeChecked {
+				if err := st.srv.opts.AuthorizeNode(ctx, req.GetNode()); err != nil {
+					st.log.Warn("xDS stream refused", "node", req.GetNode().GetId(), "error", err)
+					return st.srv.unauthorized(err)
+				}
+				nodeChecked = true
+			}
 			st.handle(req)
 		case <-st.wake:
 		case err := <-errc:

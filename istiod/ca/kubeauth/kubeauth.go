@@ -54,9 +54,9 @@ type Pods interface {
 	// Pod returns the pod namespace/name, or nil when there is none. An
 	// error means the cache cannot answer (not synced).
 	Pod(namespace, name string) (*corev1.Pod, error)
-	// PodsOnNode returns the pods whose spec.nodeName is node. An error
-	// means the cache cannot answer (not synced).
-	PodsOnNode(node string) ([]*corev1.Pod, error)
+	// PodsOnNode (ca.NodePods) returns the pods whose spec.nodeName is
+	// node. An error means the cache cannot answer (not synced).
+	ca.NodePods
 }
 
 // Options configure an Authenticator.
@@ -107,6 +107,7 @@ type Authenticator struct {
 var (
 	_ ca.Authenticator = (*Authenticator)(nil)
 	_ ca.Caller        = (*caller)(nil)
+	_ ca.NodeBound     = (*caller)(nil)
 )
 
 // reviewed is what a successful TokenReview says about a token.
@@ -419,33 +420,26 @@ func (c *caller) Authorize(_ context.Context, id spiffe.ID) error {
 		return c.refuse(id, fmt.Errorf("%w: cannot tell the node of ztunnel %s/%s: %s",
 			ca.ErrPermissionDenied, c.r.namespace, c.r.serviceAccount, c.nodeWhy))
 	}
-	pods, err := c.a.pods.PodsOnNode(c.node)
-	if err != nil {
-		err = fmt.Errorf("listing the pods of node %s: %w", c.node, err)
+	if err := ca.AuthorizeNode(c.a.pods, c.node, id); err != nil {
+		if errors.Is(err, ca.ErrPermissionDenied) {
+			return c.refuse(id, err)
+		}
 		c.a.log.Warn("cannot authorize a CA request", "caller", c.Name(), "identity", id.String(), "node", c.node, "error", err.Error())
 		return err
 	}
-	for _, p := range pods {
-		if p.Namespace == id.Namespace && podServiceAccount(p) == id.ServiceAccount && !terminal(p) {
-			return nil
-		}
+	return nil
+}
+
+// Node implements ca.NodeBound: the node of a ztunnel caller ("" when it
+// cannot be told), "" for any other service account.
+func (c *caller) Node() string {
+	if !c.ztunnel {
+		return ""
 	}
-	return c.refuse(id, fmt.Errorf("%w: no running pod with service account %s/%s on node %s",
-		ca.ErrPermissionDenied, id.Namespace, id.ServiceAccount, c.node))
+	return c.node
 }
 
 func (c *caller) refuse(id spiffe.ID, err error) error {
 	c.a.log.Warn("CA request refused", "caller", c.Name(), "identity", id.String(), "node", c.node, "reason", err.Error())
 	return err
-}
-
-func podServiceAccount(p *corev1.Pod) string {
-	if p.Spec.ServiceAccountName == "" {
-		return "default"
-	}
-	return p.Spec.ServiceAccountName
-}
-
-func terminal(p *corev1.Pod) bool {
-	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }

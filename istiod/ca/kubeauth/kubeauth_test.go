@@ -393,4 +393,11 @@ func TestCustomZtunnelServiceAccount(t *testing.T) {
 	if err := z.Authorize(context.Background(), id("shop", "web")); !errors.Is(err, ca.ErrPermissionDenied) {
 		t.Errorf("default ztunnel SA not configured: %v", err)
 	}
+	// Node binding (ca.NodeBound): the node proxy's node, none for others.
+	if n := c.(ca.NodeBound).Node(); n != "node-b" {
+		t.Errorf("node proxy's Node() = %q, want node-b", n)
+	}
+	if n := z.(ca.NodeBound).Node(); n != "" {
+		t.Errorf("ordinary workload's Node() = %q, want none", n)
+	}
 }

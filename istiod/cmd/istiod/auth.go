@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -44,14 +45,42 @@ func (c chain) Authenticate(ctx context.Context) (ca.Caller, error) {
 func authorizeStream(authn ca.Authenticator) xds.AuthorizeFunc {
 	return func(ctx context.Context) error {
 		_, err := authn.Authenticate(ctx)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, ca.ErrUnauthenticated):
-			return status.Errorf(codes.Unauthenticated, "workload discovery: %v", err)
-		case errors.Is(err, ca.ErrPermissionDenied):
-			return status.Errorf(codes.PermissionDenied, "workload discovery: %v", err)
+		return streamAuthError(err)
+	}
+}
+
+// streamAuthError maps an Authenticate error to the stream's gRPC status
+// (nil for nil).
+func streamAuthError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ca.ErrUnauthenticated):
+		return status.Errorf(codes.Unauthenticated, "workload discovery: %v", err)
+	case errors.Is(err, ca.ErrPermissionDenied):
+		return status.Errorf(codes.PermissionDenied, "workload discovery: %v", err)
+	}
+	return status.Errorf(codes.Unavailable, "workload discovery: authenticating the caller: %v", err)
+}
+
+// authorizeStreamNode binds a node-bound caller's stream to its node: the
+// caller of a stream whose credential is a node's ztunnel (a static node
+// token, or a Kubernetes ztunnel token whose node is known) may stream only
+// with the node ID and metadata of a ztunnel of that node
+// (xds.CheckZtunnelNode); any other caller as before.
+func authorizeStreamNode(authn ca.Authenticator) xds.AuthorizeNodeFunc {
+	return func(ctx context.Context, n *core.Node) error {
+		caller, err := authn.Authenticate(ctx)
+		if err != nil {
+			return streamAuthError(err)
 		}
-		return status.Errorf(codes.Unavailable, "workload discovery: authenticating the caller: %v", err)
+		nb, ok := caller.(ca.NodeBound)
+		if !ok || nb.Node() == "" {
+			return nil
+		}
+		if err := xds.CheckZtunnelNode(n, nb.Node()); err != nil {
+			return status.Errorf(codes.PermissionDenied, "workload discovery: caller %s is the ztunnel of node %s and may stream only as that node's ztunnel: %v", caller.Name(), nb.Node(), err)
+		}
+		return nil
 	}
 }

@@ -12,7 +12,14 @@
 //     with node authorization for ztunnel (istiod/ca/kubeauth). A --token-file
 //     may be added: its static tokens are tried first.
 //   - dir (default with --config-dir): a watched directory of YAML objects
-//     (local mode); callers authenticate with --token-file.
+//     (local mode); callers authenticate with --token-file. A token entry
+//     with a node is that node's ztunnel, authorized as on Kubernetes (the
+//     identities of the pods the config dir puts on that node).
+//
+// A caller that is one node's ztunnel (a node token, or a Kubernetes
+// ztunnel token whose node is known) gets an xDS stream only when the node
+// of its first request is a ztunnel of that node: an Istio node ID of type
+// ztunnel with metadata NODE_NAME=<node>; else PermissionDenied.
 //   - none (when only --token-file is given): the CA alone, no workload
 //     discovery; how local mode runs istiod until it passes a config dir.
 //

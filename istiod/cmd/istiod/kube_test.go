@@ -170,7 +170,8 @@ func TestBinaryKubernetes(t *testing.T) {
 	xc, err := xds.New(xds.Options{
 		Address: grpcAddr, ServerName: "istiod.istio-system.svc", RootCAFile: rootOut,
 		Token: func(context.Context) (string, error) { return ztToken, nil },
-		Store: store, NodeID: "ztunnel~node-a", Logger: slog.New(slog.DiscardHandler),
+		Store: store, NodeID: "ztunnel~10.244.1.2~ztunnel-a.istio-system~istio-system.svc.cluster.local",
+		NodeMetadata: map[string]string{"NODE_NAME": "node-a"}, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)

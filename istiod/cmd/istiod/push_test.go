@@ -54,7 +54,7 @@ func TestPushLoop(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pushLoop(ctx, src, ambient.Options{}, x, log, func() { close(ready) })
+		pushLoop(ctx, src, ambient.Options{}, x, nil, log, func() { close(ready) })
 	}()
 	defer func() { cancel(); <-done }()
 

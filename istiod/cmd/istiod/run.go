@@ -55,33 +55,48 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	if err != nil {
 		return err
 	}
-	var authns chain
+	var (
+		authns chain
+		tokens *ca.StaticTokens
+	)
 	if cfg.TokenFile != "" {
-		tokens, err := ca.LoadStaticTokens(cfg.TokenFile, cfg.TrustDomain)
-		if err != nil {
+		if tokens, err = ca.LoadStaticTokens(cfg.TokenFile, cfg.TrustDomain); err != nil {
 			return err
 		}
 		authns = append(authns, tokens)
 	}
 
-	var src config.Source
+	var (
+		src     config.Source
+		pods    ca.NodePods
+		dirPods *snapshotPods
+	)
 	switch cfg.ConfigSource {
 	case SourceKubernetes:
 		ks, ka, err := kubernetesSource(cfg, log)
 		if err != nil {
 			return err
 		}
-		src = ks
+		src, pods = ks, ks
 		authns = append(authns, ka)
 	case SourceDir:
 		src = config.NewDirSource(cfg.ConfigDir, log)
+		dirPods = &snapshotPods{}
+		pods = dirPods
+	}
+	if tokens != nil && tokens.HasNodes() {
+		if pods == nil {
+			return fmt.Errorf("--%s %s has node entries (a node's ztunnel), but --%s %s gives istiod no pods to authorize them by; use --%s %s or %s",
+				FlagTokenFile, cfg.TokenFile, FlagConfigSource, cfg.ConfigSource, FlagConfigSource, SourceDir, SourceKubernetes)
+		}
+		tokens.SetNodePods(pods)
 	}
 
 	caSrv, err := ca.NewServer(auth, authns, ca.ServerOptions{DefaultTTL: cfg.CertTTL, MaxTTL: cfg.MaxCertTTL, Logger: log})
 	if err != nil {
 		return err
 	}
-	xdsSrv, err := xds.New(xds.Options{Logger: log, Authorize: authorizeStream(authns)})
+	xdsSrv, err := xds.New(xds.Options{Logger: log, Authorize: authorizeStream(authns), AuthorizeNode: authorizeStreamNode(authns)})
 	if err != nil {
 		return err
 	}
@@ -142,7 +157,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 		opts := ambient.Options{TrustDomain: cfg.TrustDomain, Tunnel: cfg.Tunnel, AuditPolicies: cfg.AuditPolicies}
 		go func() {
 			defer wg.Done()
-			pushLoop(ctx, src, opts, xdsSrv, log, func() { isReady.Store(true) })
+			pushLoop(ctx, src, opts, xdsSrv, dirPods, log, func() { isReady.Store(true) })
 		}()
 	} else {
 		log.Warn("no config source: serving the CA only, no workload discovery",
@@ -219,8 +234,9 @@ func kubernetesSource(cfg Config, log *slog.Logger) (*kube.Source, *kubeauth.Aut
 // pushLoop rebuilds the workload API resources on every config change and
 // hands them to the xDS server. Build errors are logged when they first
 // appear (not again while they persist). first is called after the first
-// push.
-func pushLoop(ctx context.Context, src config.Source, opts ambient.Options, x *xds.Server, log *slog.Logger, first func()) {
+// push. pods, if not nil, is set to each snapshot before it is built, so
+// that node authorization reads the pods istiod serves.
+func pushLoop(ctx context.Context, src config.Source, opts ambient.Options, x *xds.Server, pods *snapshotPods, log *slog.Logger, first func()) {
 	seen := map[string]bool{}
 	pushed := false
 	p := newPusher(opts, x)
@@ -231,6 +247,9 @@ func pushLoop(ctx context.Context, src config.Source, opts ambient.Options, x *x
 		case <-src.Changes():
 		}
 		snap := src.Snapshot()
+		if pods != nil {
+			pods.set(snap)
+		}
 		start := time.Now()
 		res, errs := p.push(snap)
 		now := make(map[string]bool, len(errs))

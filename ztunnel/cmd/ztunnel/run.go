@@ -62,15 +62,34 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	defer certs.Close()
 	readiness.Set(admin.CondCA, nil)
 	var fetchedOnce sync.Once
+	// prefetch fetches a new pod's certificate so it is ready before the
+	// first connection. A refusal (the CA may not know the pod yet) is
+	// retried with backoff for up to prefetchFor, so readiness recovers
+	// without waiting for another pod.
 	prefetch := func(id spiffe.ID) {
-		fctx, fcancel := context.WithTimeout(ctx, identity.DefaultFetchTimeout)
-		defer fcancel()
-		if _, err := certs.GetCertificate(fctx, id); err != nil {
-			if ctx.Err() == nil {
-				log.Warn("fetching a pod's certificate failed", "identity", id.String(), "error", err)
-				readiness.Set(admin.CondCA, fmt.Errorf("no certificate from CA %s yet: %w", cfg.CAAddr, err))
+		backoff := 100 * time.Millisecond
+		until := time.Now().Add(prefetchFor)
+		for {
+			fctx, fcancel := context.WithTimeout(ctx, identity.DefaultFetchTimeout)
+			_, err := certs.GetCertificate(fctx, id)
+			fcancel()
+			if err == nil {
+				break
 			}
-			return
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("fetching a pod's certificate failed", "identity", id.String(), "error", err, "retry_in", backoff)
+			readiness.Set(admin.CondCA, fmt.Errorf("no certificate from CA %s yet: %w", cfg.CAAddr, err))
+			if time.Now().Add(backoff).After(until) {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
 		}
 		fetchedOnce.Do(func() { log.Info("CA reachable: first certificate fetched", "identity", id.String()) })
 		readiness.Set(admin.CondCA, nil)
@@ -225,6 +244,10 @@ func nodeLimits(party limit.Config, log *slog.Logger) (*limit.Limiter, limit.Con
 		"per_party_max_open", party.MaxOpen, "per_party_max_in_progress", party.MaxInProgress, "per_party_rate", party.Rate)
 	return limit.NewChild(nil, "node", limit.Config{MaxOpen: maxOpen}), party
 }
+
+// prefetchFor bounds how long a new pod's certificate is retried before
+// its first connection asks again.
+const prefetchFor = time.Minute
 
 // ownEndpoints are ztunnel's listeners, which no connection is forwarded
 // to: the in-pod ports, and its endpoints' ports at its own addresses.

@@ -35,9 +35,10 @@ unit: ## run all tests (root tiers included when root)
 fuzz: ## run every fuzz target for $(FUZZTIME)
 	@bash hack/fuzz.sh $(FUZZTIME)
 
-lint: ## gofmt, go vet, staticcheck
+lint: ## gofmt, go mod tidy, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit"; exit 1; }
 	$(GO) vet ./...
 	staticcheck ./...
 

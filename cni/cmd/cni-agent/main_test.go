@@ -68,7 +68,9 @@ func zdsHelloOnly(path string) int {
 	_, _ = c.Write(hello) // fails if the agent already closed: also a refusal
 	_ = c.SetReadDeadline(time.Now().Add(testWait))
 	n, err := c.Read(make([]byte, 4096))
-	if n == 0 && errors.Is(err, io.EOF) {
+	// Refused: the agent closed the connection (EOF), or closed it with our
+	// unread hello still queued, which the kernel reports as a reset.
+	if n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
 		return 0
 	}
 	fmt.Fprintf(os.Stderr, "the agent answered a foreign hello: %d bytes, %v\n", n, err)

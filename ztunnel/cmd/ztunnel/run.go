@@ -12,9 +12,12 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ambit-mesh/ambit/pkg/spiffe"
 	"github.com/ambit-mesh/ambit/pkg/zds"
@@ -62,6 +65,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	defer certs.Close()
 	readiness.Set(admin.CondCA, nil)
 	var fetchedOnce sync.Once
+	var caReached atomic.Bool
 	// prefetch fetches a new pod's certificate so it is ready before the
 	// first connection. A refusal (the CA may not know the pod yet) is
 	// retried with backoff for up to prefetchFor, so readiness recovers
@@ -80,7 +84,17 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 				return
 			}
 			log.Warn("fetching a pod's certificate failed", "identity", id.String(), "error", err, "retry_in", backoff)
-			readiness.Set(admin.CondCA, fmt.Errorf("no certificate from CA %s yet: %w", cfg.CAAddr, err))
+			// Readiness says whether the CA was ever reached: once one
+			// certificate came, a refusal for one pod (the CA may not
+			// know it yet) does not make the node's ztunnel unready.
+			// A PermissionDenied is the CA's answer about this pod: the CA
+			// is reached.
+			if status.Code(err) == codes.PermissionDenied {
+				caReached.Store(true)
+				readiness.Set(admin.CondCA, nil)
+			} else if !caReached.Load() {
+				readiness.Set(admin.CondCA, fmt.Errorf("no certificate from CA %s yet: %w", cfg.CAAddr, err))
+			}
 			if time.Now().Add(backoff).After(until) {
 				return
 			}
@@ -91,6 +105,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 			}
 			backoff = min(2*backoff, 5*time.Second)
 		}
+		caReached.Store(true)
 		fetchedOnce.Do(func() { log.Info("CA reachable: first certificate fetched", "identity", id.String()) })
 		readiness.Set(admin.CondCA, nil)
 	}

@@ -114,20 +114,31 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (*Pilot, error
 	if err := ensureNamespace(ctx, c, Namespace); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "ambit-pilot-")
-	if err != nil {
-		return nil, fmt.Errorf("creating pilot-discovery's directory: %w", err)
-	}
-	p, err := start(ctx, c, bin, dir, opts)
-	if err != nil {
+	// The loopback ports are chosen free, then released for pilot to bind:
+	// meanwhile any outgoing connection may take one as its source port.
+	// pilot then exits on "address already in use", and a new set of
+	// ports is tried.
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		dir, err := os.MkdirTemp("", "ambit-pilot-")
+		if err != nil {
+			return nil, fmt.Errorf("creating pilot-discovery's directory: %w", err)
+		}
+		p, err := start(ctx, c, bin, dir, opts)
+		if err == nil {
+			return p, nil
+		}
+		portTaken := p != nil && strings.Contains(p.Tail(40), "address already in use")
 		if p != nil {
 			_ = p.Stop()
 		} else if os.Getenv(envKeep) != "1" {
 			_ = os.RemoveAll(dir)
 		}
-		return nil, err
+		if !portTaken || attempt == attempts || ctx.Err() != nil {
+			return nil, err
+		}
+		fmt.Fprintf(progress, "pilot-discovery: one of its ports was taken before it bound it; starting again with new ports (attempt %d of %d)\n", attempt+1, attempts)
 	}
-	return p, nil
 }
 
 func start(ctx context.Context, c *cluster.Cluster, bin, dir string, opts Options) (*Pilot, error) {

@@ -23,11 +23,12 @@ import (
 	"github.com/ambit-mesh/ambit/ztunnel/state"
 )
 
-// Ports ztunnel listens on inside every pod (DESIGN.md section 2).
+// Ports ztunnel listens on inside every pod (DESIGN.md section 2), as the
+// proxy refuses to forward to them.
 const (
-	OutboundPort = 15001
-	InboundPort  = 15006
-	HBONEPort    = 15008
+	OutboundPort = proxy.PortOutbound
+	InboundPort  = proxy.PortInbound
+	HBONEPort    = proxy.PortHBONE
 	// Mark is SO_MARK on every socket ztunnel opens (1337).
 	Mark = 0x539
 )

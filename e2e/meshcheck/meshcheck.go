@@ -149,9 +149,8 @@ type Denial struct {
 	// answered; it must give up when ctx ends.
 	Call func(ctx context.Context) error
 	// Denials returns the ztunnel's count of connections it refused by
-	// policy for this source and destination (a MetricSum of
-	// istio_tcp_connections_opened_total with response_flags="DENY" and
-	// the pair's labels, from the ztunnel that decides).
+	// policy for this source and destination (DenyCount with the pair's
+	// labels, from the ztunnel that decides).
 	Denials func(ctx context.Context) (float64, error)
 	// Start is when the change that must refuse the call was made; the
 	// first refusal must come within Within of it.
@@ -241,15 +240,18 @@ func readCount(count func(context.Context) (float64, error)) (float64, error) {
 }
 
 // DenyCount is ztunnel's count, in its Prometheus text, of connections it
-// refused by policy (istio_tcp_connections_opened_total with
-// response_flags="DENY") whose labels include want: what Denial.Denials
-// returns.
+// refused by policy whose labels include want: those refused when opened
+// (istio_tcp_connections_opened_total with response_flags="DENY") and
+// those open when a policy change came that closed them
+// (ambit_ztunnel_revoked_connections_total): a call made just as the
+// policy arrives may end either way. It is what Denial.Denials returns.
 func DenyCount(text string, want map[string]string) float64 {
 	labels := map[string]string{"response_flags": "DENY"}
 	for k, v := range want {
 		labels[k] = v
 	}
-	return MetricSum(text, "istio_tcp_connections_opened_total", labels)
+	return MetricSum(text, "istio_tcp_connections_opened_total", labels) +
+		MetricSum(text, "ambit_ztunnel_revoked_connections_total", want)
 }
 
 // MetricSum adds the values of the samples of a metric, in Prometheus

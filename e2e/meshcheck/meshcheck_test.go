@@ -186,6 +186,8 @@ istio_tcp_connections_opened_total{reporter="destination",source_principal="spif
 istio_tcp_connections_opened_total{reporter="source",source_principal="spiffe://cluster.local/ns/demo/sa/client",destination_workload="server-b",response_flags="DENY"} 5
 istio_tcp_connections_opened_total{reporter="destination",source_principal="spiffe://cluster.local/ns/demo/sa/client",destination_workload="server-b",response_flags="-"} 9
 istio_tcp_connections_closed_total{reporter="destination",source_principal="spiffe://cluster.local/ns/demo/sa/client",destination_workload="server-b",response_flags="DENY"} 100
+ambit_ztunnel_revoked_connections_total{reporter="destination",source_principal="spiffe://cluster.local/ns/demo/sa/client",destination_workload="server-b",response_flags="-"} 2
+ambit_ztunnel_revoked_connections_total{reporter="destination",source_principal="spiffe://cluster.local/ns/demo/sa/client",destination_workload="server-b2",response_flags="-"} 30
 `
 	want := map[string]string{"reporter": "destination", "destination_workload": "server-b", "response_flags": "DENY"}
 	if got := MetricSum(text, "istio_tcp_connections_opened_total", want); got != 4 {
@@ -194,8 +196,8 @@ istio_tcp_connections_closed_total{reporter="destination",source_principal="spif
 	if got := MetricSum(text, "istio_tcp_connections_opened_total", map[string]string{"response_flags": "DENY"}); got != 16 {
 		t.Errorf("MetricSum over DENY = %v, want 16", got)
 	}
-	if got := DenyCount(text, map[string]string{"reporter": "destination", "destination_workload": "server-b"}); got != 4 {
-		t.Errorf("DenyCount = %v, want 4", got)
+	if got := DenyCount(text, map[string]string{"reporter": "destination", "destination_workload": "server-b"}); got != 6 {
+		t.Errorf("DenyCount = %v, want 6 (4 refused when opened, 2 closed by a policy change)", got)
 	}
 }
 

@@ -6,6 +6,7 @@
 //	istio_tcp_connections_closed_total
 //	istio_tcp_sent_bytes_total      bytes sent to the client (the response direction)
 //	istio_tcp_received_bytes_total  bytes received from the client (the request direction)
+//	ambit_ztunnel_revoked_connections_total  open connections a policy change closed
 //
 // Labels are those of Istio's ztunnel (CommonTrafficLabels): reporter,
 // source_workload, source_canonical_service, source_canonical_revision,

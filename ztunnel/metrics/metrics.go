@@ -19,6 +19,7 @@ type Metrics struct {
 	sent     *prometheus.CounterVec
 	received *prometheus.CounterVec
 	refused  *prometheus.CounterVec
+	revoked  *prometheus.CounterVec
 }
 
 // New returns Metrics registered in a new registry, with the Go runtime and
@@ -46,8 +47,12 @@ func New() *Metrics {
 			Name: "ambit_ztunnel_refused_connections_total",
 			Help: "Connections refused before they were served: reason self_call (to one of ztunnel's own listeners), loop (dialed by ztunnel itself), limit_rate, limit_in_progress or limit_open (the pod's or source's connection limits), node_limit_open (the node's), hbone_refused_stream, hbone_stream_rate, hbone_reset_rate, hbone_settings_rate, hbone_control_queue (an HBONE peer past a per-connection bound; the rates end the connection with GOAWAY ENHANCE_YOUR_CALM).",
 		}, []string{"namespace", "pod", "direction", "reason"}),
+		revoked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ambit_ztunnel_revoked_connections_total",
+			Help: "Open connections closed because a policy change no longer allows them (counted in istio_tcp_connections_opened_total when they were allowed).",
+		}, LabelNames),
 	}
-	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused,
+	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused, m.revoked,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -78,6 +83,12 @@ func (m *Metrics) Closed(l Labels, sent, received int64) {
 // metric's help for the reasons).
 func (m *Metrics) Refused(namespace, pod, direction, reason string) {
 	m.refused.WithLabelValues(namespace, pod, direction, reason).Inc()
+}
+
+// Revoked counts an open connection closed because a policy change no
+// longer allows it; l are the labels it was opened with.
+func (m *Metrics) Revoked(l Labels) {
+	m.revoked.WithLabelValues(l.Values()...).Inc()
 }
 
 // RefusedCounter is the counter behind Refused (for tests).

@@ -682,6 +682,9 @@ func (p *PodProxy) serveInbound(ctx context.Context, ticket *limit.Ticket, cl *c
 	}
 	if p.untrack(t) {
 		cl.outcome, cl.err = "revoked", errors.New("closed: a policy change denies the connection")
+		if p.cfg.Metrics != nil {
+			p.cfg.Metrics.Revoked(cl.labels)
+		}
 	} else if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		cl.outcome, cl.err = "error", err
 	}

@@ -575,6 +575,13 @@ func TestZtunnelNetns(t *testing.T) {
 		} else if errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatal("connection not closed within 10s of the deny policy")
 		}
+		eventually(t, "revocation counted", 5*time.Second, func() error {
+			if !hasLine(metricLines(t, z, "ambit_ztunnel_revoked_connections_total"), `reporter="destination"`,
+				`source_workload="pod-a"`, `destination_workload="pod-b"`, `response_flags="-"`) {
+				return errors.New("no ambit_ztunnel_revoked_connections_total line for the A → B connection deny-a closed")
+			}
+			return nil
+		})
 		eventually(t, "new A → B refused", 10*time.Second, expectFail(ctx, a, toB))
 		writeFile(t, cfgFile, meshConfig([]string{"istio-system/istio_converted_static_strict"}, strictPolicy))
 		eventually(t, "A → B allowed again", 10*time.Second, expectEcho(ctx, a, toB, "pod-b"))

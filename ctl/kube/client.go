@@ -3,6 +3,8 @@ package kube
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -35,6 +37,12 @@ func NewClient(getter genericclioptions.RESTClientGetter) (*Client, error) {
 	if err != nil {
 		return nil, ConfigError(err)
 	}
+	// With no kubeconfig at all client-go falls back to localhost:8080;
+	// say what is missing instead of a connection refused.
+	if raw, err := getter.ToRawKubeConfigLoader().RawConfig(); err == nil && len(raw.Clusters) == 0 &&
+		os.Getenv("KUBERNETES_SERVICE_HOST") == "" && strings.TrimPrefix(cfg.Host, "http://") == "localhost:8080" {
+		return nil, ConfigError(clientcmd.ErrEmptyConfig)
+	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("building a Kubernetes client: %w", err)
@@ -48,7 +56,7 @@ var ErrNoCluster = errors.New("no Kubernetes cluster configured")
 // ConfigError explains an error of loading the kubeconfig.
 func ConfigError(err error) error {
 	if clientcmd.IsEmptyConfig(err) {
-		return fmt.Errorf("%w: pass --kubeconfig FILE (and --context NAME), or set KUBECONFIG; for the local mesh use --local", ErrNoCluster)
+		return fmt.Errorf("%w: pass --kubeconfig FILE (and --context NAME), or set KUBECONFIG (ztunnel-config and proxy-status read the local mesh with --local)", ErrNoCluster)
 	}
 	return fmt.Errorf("loading the kubeconfig (flags --kubeconfig, --context; env KUBECONFIG): %w", err)
 }

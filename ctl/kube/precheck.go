@@ -69,19 +69,24 @@ const MinKubernetesMinor = 30
 // server's version, the caller's permissions (SelfSubjectAccessReview)
 // and a conflicting Istio install.
 func ClusterChecks(ctx context.Context, cs kubernetes.Interface, ns string) Report {
-	var r Report
-	r = append(r, versionCheck(cs))
+	v := versionCheck(cs)
+	r := Report{v}
+	if v.Status == Fail && v.Next == nextUnreachable {
+		return r
+	}
 	r = append(r, permissionCheck(ctx, cs, ns))
 	r = append(r, conflictCheck(ctx, cs)...)
 	return r
 }
+
+const nextUnreachable = "check --kubeconfig/--context and that the API server is reachable"
 
 func versionCheck(cs kubernetes.Interface) Check {
 	c := Check{Name: "kubernetes-version"}
 	v, err := cs.Discovery().ServerVersion()
 	if err != nil {
 		c.Status, c.Message = Fail, fmt.Sprintf("cannot read the server version: %v", err)
-		c.Next = "check --kubeconfig/--context and that the API server is reachable"
+		c.Next = nextUnreachable
 		return c
 	}
 	major, _ := strconv.Atoi(strings.TrimRight(v.Major, "+"))
@@ -159,7 +164,7 @@ func permissionCheck(ctx context.Context, cs kubernetes.Interface, ns string) Ch
 		c.Next = "ask a cluster admin for them (cluster-admin covers all), or run with --context of an admin"
 	case len(errs) > 0:
 		c.Status = Warn
-		c.Message = "could not check: " + strings.Join(errs, "; ")
+		c.Message = fmt.Sprintf("could not check %d of %d: %s", len(errs), len(InstallPermissions), errs[0])
 		c.Next = "precheck needs to create selfsubjectaccessreviews.authorization.k8s.io (every authenticated user may by default)"
 	default:
 		c.Status = OK

@@ -88,6 +88,13 @@ func isUsage(err error) bool {
 	return false
 }
 
+var completionExamples = map[string]string{
+	"bash":       "  source <(ambitctl completion bash)",
+	"zsh":        "  ambitctl completion zsh > \"${fpath[1]}/_ambitctl\"",
+	"fish":       "  ambitctl completion fish | source",
+	"powershell": "  ambitctl completion powershell | Out-String | Invoke-Expression",
+}
+
 // newRoot builds the command tree.
 func newRoot(a *app) *cobra.Command {
 	root := &cobra.Command{
@@ -117,9 +124,17 @@ commands take --local to read that mesh instead of a cluster.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitErr{code: exitUsage, err: err}
 	})
-	root.CompletionOptions.HiddenDefaultCmd = false
 	root.AddCommand(newLocalCmd(a))
 	root.AddCommand(newClusterCmds(a)...)
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() != "completion" {
+			continue
+		}
+		c.Example = "  source <(ambitctl completion bash)\n  ambitctl completion zsh > \"${fpath[1]}/_ambitctl\"\n  ambitctl completion fish > ~/.config/fish/completions/ambitctl.fish"
+		for _, sh := range c.Commands() {
+			sh.Example = completionExamples[sh.Name()]
+		}
+	}
 	return root
 }
-

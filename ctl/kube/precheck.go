@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -187,6 +188,15 @@ func isAmbit(m metav1.ObjectMeta) bool {
 func conflictCheck(ctx context.Context, cs kubernetes.Interface) Report {
 	c := Check{Name: "istio-conflicts"}
 	var others, ambit, errs []string
+	var firstErr error
+	fail := func(what string, err error) {
+		if firstErr == nil {
+			firstErr = err
+		}
+		if !slices.Contains(errs, what) {
+			errs = append(errs, what)
+		}
+	}
 	note := func(kind string, m metav1.ObjectMeta, extra string) {
 		name := kind + " " + m.Namespace + "/" + m.Name
 		if m.Namespace == "" {
@@ -203,7 +213,7 @@ func conflictCheck(ctx context.Context, cs kubernetes.Interface) Report {
 	}
 	deps, err := cs.AppsV1().Deployments("").List(ctx, metav1.ListOptions{LabelSelector: LabelApp + "=" + AppIstiod})
 	if err != nil {
-		errs = append(errs, "list deployments: "+err.Error())
+		fail("deployments", err)
 	} else {
 		for _, d := range deps.Items {
 			note("Deployment", d.ObjectMeta, containerImage(d.Spec.Template.Spec.Containers, "discovery"))
@@ -212,7 +222,7 @@ func conflictCheck(ctx context.Context, cs kubernetes.Interface) Report {
 	for _, sel := range []string{LabelApp + "=" + AppZtunnel, "k8s-app=istio-cni-node"} {
 		dss, err := cs.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
-			errs = append(errs, "list daemonsets: "+err.Error())
+			fail("daemonsets", err)
 			continue
 		}
 		for _, d := range dss.Items {
@@ -221,7 +231,7 @@ func conflictCheck(ctx context.Context, cs kubernetes.Interface) Report {
 	}
 	mwh, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		errs = append(errs, "list mutatingwebhookconfigurations: "+err.Error())
+		fail("mutatingwebhookconfigurations", err)
 	} else {
 		for _, w := range mwh.Items {
 			if strings.HasPrefix(w.Name, "istio") {
@@ -231,7 +241,7 @@ func conflictCheck(ctx context.Context, cs kubernetes.Interface) Report {
 	}
 	vwh, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		errs = append(errs, "list validatingwebhookconfigurations: "+err.Error())
+		fail("validatingwebhookconfigurations", err)
 	} else {
 		for _, w := range vwh.Items {
 			if strings.HasPrefix(w.Name, "istio") {
@@ -247,7 +257,7 @@ func conflictCheck(ctx context.Context, cs kubernetes.Interface) Report {
 		c.Next = "uninstall it first (istioctl uninstall --purge, or helm uninstall of its releases), or use a cluster without it"
 	case len(errs) > 0:
 		c.Status = Warn
-		c.Message = "could not look for other installs: " + strings.Join(errs, "; ")
+		c.Message = fmt.Sprintf("could not list %s: %v", strings.Join(errs, ", "), firstErr)
 		c.Next = "run precheck with an identity that may list deployments, daemonsets and webhook configurations cluster-wide"
 	case len(ambit) > 0:
 		c.Status = Warn

@@ -47,5 +47,12 @@
 // (<hub>/<name>:<version>, hub DefaultHub unless set). Digest is the
 // manifest digest go-containerregistry computes; ID is the config digest,
 // the image ID `docker images` and `crictl images` show after an import.
-// cmd/ambit-images (`make images`) builds every spec into bin/images.
+// cmd/ambit-images (`make images`) builds every spec into bin/images:
+//
+//	make images [VERSION=…] [HUB=…] [SOURCE_DATE_EPOCH=…]
+//	ctr -n k8s.io images import bin/images/istiod.tar   # or: docker load -i bin/images/istiod.tar
+//
+// containerd's importer writes its own manifest for a docker archive, so
+// after an import the manifest digest differs from Digest while the image
+// ID (config digest) is the same.
 package images

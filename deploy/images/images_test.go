@@ -127,6 +127,22 @@ func TestReproducible(t *testing.T) {
 			t.Errorf("version 9.9.9-test and %s: same layer %s: the version is not linked into the binary", version.Dev, diffIDs(t, img)[0])
 		}
 	})
+	t.Run("epoch", func(t *testing.T) {
+		epoch := time.Unix(1700000000, 0)
+		other := NewBuilder(Options{Epoch: epoch})
+		defer other.Close()
+		img := build(t, other, Pause)
+		if digest(t, img) == digest(t, sharedImage(t, Pause)) {
+			t.Errorf("epoch %v and the Unix epoch: same digest", epoch)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !cf.Created.Time.Equal(epoch) || cf.Config.Labels["org.opencontainers.image.created"] != "2023-11-14T22:13:20Z" {
+			t.Errorf("created %v, label %q: want %v", cf.Created, cf.Config.Labels["org.opencontainers.image.created"], epoch.UTC())
+		}
+	})
 }
 
 func digest(t *testing.T, img v1.Image) v1.Hash {

@@ -1,0 +1,34 @@
+// Package charts embeds Ambit's Helm chart (deploy/charts/ambit) and renders
+// it with the Helm SDK, so ambitctl installs exactly the chart the tests
+// check and nothing is read from disk or the network at run time.
+//
+// # Contract
+//
+//   - Load returns the chart as Helm's chart/v2 type, ready for
+//     action.Install / action.Upgrade. Each call returns a fresh copy; callers
+//     may modify it.
+//   - Render returns what `helm template RELEASE deploy/charts/ambit -n NS`
+//     prints for the given user values (merged over values.yaml), CRDs
+//     excluded: Kubernetes objects as multi-document YAML, each headed by a
+//     "# Source:" comment, in Helm's install order. Values are checked
+//     against values.schema.json first; an error names the field.
+//   - CRDs returns the chart's crds/ files concatenated: the CustomResource
+//     Definitions Ambit reads, to apply before Render's objects.
+//
+// # The chart
+//
+// crds/ is generated (`make generate`, gencrds) from the CRD YAML of the
+// istio.io/istio and sigs.k8s.io/gateway-api versions go.mod pins: Istio's
+// security.istio.io and networking.istio.io kinds istiod reads or will read
+// for waypoints, and Gateway API's standard channel. Helm installs crds/ on
+// first install only and never upgrades or deletes them; ambitctl applies
+// CRDs() itself on upgrade.
+//
+// templates/ holds istiod (Deployment, Service, PodDisruptionBudget,
+// optional HorizontalPodAutoscaler), the ztunnel and cni-agent DaemonSets,
+// a ServiceAccount and least-privilege RBAC per component (ztunnel has no
+// Kubernetes API rights), and the ConfigMap ambit-waypoint with the image
+// and resources the waypoint controller gives the waypoints it creates.
+// The containers' args use the binaries' flag names (istiod, ztunnel and
+// cni-agent config.go) verbatim.
+package charts

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ambit-mesh/ambit/ctl/kube"
 	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
@@ -296,5 +298,129 @@ func TestAmbitctlVersion(t *testing.T) {
 	r = runCtl(t, c.Kubeconfig, "version", "--short", "-n", ctlNS+"-none")
 	if r.code != 0 || !strings.Contains(r.stdout, "control plane version: none") {
 		t.Errorf("version in an empty namespace: %+v", r)
+	}
+}
+
+const ctlInstallNS = "ambt-ctl-install"
+
+// TestAmbitctlInstall installs, upgrades and purges the embedded chart in
+// the real API server. No kubelet runs there, so istiod never gets ready:
+// --wait must say so, naming it.
+func TestAmbitctlInstall(t *testing.T) {
+	c := cluster.Shared(t)
+	kc := c.Kubeconfig
+	ctx := context.Background()
+	crdDir, _ := filepath.Abs("../../deploy/charts/ambit/crds")
+	// Leave the CRDs as found: purge deletes them.
+	if _, err := c.Client.Discovery().ServerResourcesForGroupVersion("security.istio.io/v1"); err == nil {
+		t.Cleanup(func() {
+			if _, err := cluster.ApplyCRDs(context.Background(), c.Config, crdDir); err != nil {
+				t.Errorf("restoring the CRDs: %v", err)
+			}
+		})
+	}
+	freshNamespace(t, c, ctlInstallNS)
+
+	// --dry-run: YAML of the kinds the chart holds, CRDs first.
+	r := runCtl(t, kc, "install", "--dry-run", "-n", ctlInstallNS, "--set", "ztunnel.logLevel=debug")
+	if r.code != 0 {
+		t.Fatalf("install --dry-run: %+v", r)
+	}
+	kinds := map[string]int{}
+	names := map[string]bool{}
+	first := ""
+	for _, doc := range strings.Split(r.stdout, "\n---\n") {
+		var obj struct {
+			Kind     string
+			Metadata struct{ Name, Namespace string }
+		}
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("dry-run output is not YAML: %v\n%s", err, doc)
+		}
+		if obj.Kind == "" {
+			continue
+		}
+		if first == "" {
+			first = obj.Kind
+		}
+		kinds[obj.Kind]++
+		names[obj.Kind+"/"+obj.Metadata.Name] = true
+		if obj.Metadata.Namespace != "" && obj.Metadata.Namespace != ctlInstallNS {
+			t.Errorf("%s/%s in namespace %s, want %s", obj.Kind, obj.Metadata.Name, obj.Metadata.Namespace, ctlInstallNS)
+		}
+	}
+	if first != "CustomResourceDefinition" || kinds["CustomResourceDefinition"] < 10 {
+		t.Errorf("CRDs: first kind %s, %d CRDs", first, kinds["CustomResourceDefinition"])
+	}
+	for _, want := range []string{"Deployment/istiod", "DaemonSet/ztunnel", "DaemonSet/cni-agent", "Service/istiod", "ServiceAccount/ztunnel",
+		"CustomResourceDefinition/authorizationpolicies.security.istio.io", "CustomResourceDefinition/httproutes.gateway.networking.k8s.io"} {
+		if !names[want] {
+			t.Errorf("dry run lacks %s (kinds %v)", want, kinds)
+		}
+	}
+	if !strings.Contains(r.stdout, "--log-level=debug") {
+		t.Errorf("--set ztunnel.logLevel=debug not rendered")
+	}
+	if _, err := c.Client.AppsV1().Deployments(ctlInstallNS).Get(ctx, "istiod", metav1.GetOptions{}); err == nil {
+		t.Fatal("--dry-run created istiod")
+	}
+
+	// install --wait: the release is applied, and the wait names istiod.
+	r = runCtl(t, kc, "install", "-n", ctlInstallNS, "--wait", "--timeout", "8s")
+	if r.code != 1 || !strings.Contains(r.stderr, "waiting for: ") || !strings.Contains(r.stderr, "Deployment istiod 0/1") || !strings.Contains(r.stderr, "not ready after 8s") {
+		t.Errorf("install --wait without a kubelet: %+v", r)
+	}
+	dep, err := c.Client.AppsV1().Deployments(ctlInstallNS).Get(ctx, "istiod", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("istiod not installed: %v", err)
+	}
+	if dep.Labels[kube.LabelPartOf] != kube.PartOfAmbit {
+		t.Errorf("istiod labels %v", dep.Labels)
+	}
+	if fm := dep.ManagedFields; len(fm) == 0 || fm[0].Operation != metav1.ManagedFieldsOperationApply {
+		t.Errorf("istiod not server-side applied: %+v", fm)
+	}
+	r = runCtl(t, kc, "install", "-n", ctlInstallNS)
+	if r.code != 1 || !strings.Contains(r.stderr, "use ambitctl upgrade") {
+		t.Errorf("second install: %+v", r)
+	}
+
+	r = runCtl(t, kc, "upgrade", "-n", ctlInstallNS, "--set", "ztunnel.logLevel=debug")
+	if r.code != 0 || !strings.Contains(r.stderr, fmt.Sprintf("applied %d CRDs", kinds["CustomResourceDefinition"])) {
+		t.Errorf("upgrade: %+v", r)
+	}
+	ds, err := c.Client.AppsV1().DaemonSets(ctlInstallNS).Get(ctx, "ztunnel", metav1.GetOptions{})
+	if err != nil || !strings.Contains(strings.Join(ds.Spec.Template.Spec.Containers[0].Args, " "), "--log-level=debug") {
+		t.Errorf("upgrade did not roll ztunnel's log level: %v", err)
+	}
+
+	r = runCtl(t, kc, "version", "--short", "-n", ctlInstallNS)
+	if !strings.Contains(r.stdout, "control plane version: "+dep.Labels[kube.LabelVersion]) {
+		t.Errorf("version after install: %+v", r)
+	}
+	r = runCtl(t, kc, "precheck", "-n", ctlInstallNS)
+	if !strings.Contains(r.stdout, "Ambit is already installed") {
+		t.Errorf("precheck after install: %+v", r)
+	}
+
+	r = runCtl(t, kc, "uninstall", "-n", ctlInstallNS, "--purge")
+	if r.code != 0 || !strings.Contains(r.stderr, "CustomResourceDefinition authorizationpolicies.security.istio.io") {
+		t.Errorf("uninstall --purge: %+v", r)
+	}
+	if _, err := c.Client.AppsV1().Deployments(ctlInstallNS).Get(ctx, "istiod", metav1.GetOptions{}); err == nil {
+		t.Error("istiod still there after uninstall")
+	}
+	if err := cluster.Eventually(ctx, "CRDs gone", func(context.Context) error {
+		_, err := c.Client.Discovery().ServerResourcesForGroupVersion("security.istio.io/v1")
+		if err == nil {
+			return os.ErrExist
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	r = runCtl(t, kc, "uninstall", "-n", ctlInstallNS)
+	if r.code != 1 || !strings.Contains(r.stderr, "no release ambit") {
+		t.Errorf("second uninstall: %+v", r)
 	}
 }

@@ -392,7 +392,7 @@ func (f *inspectFlags) ztunnel(ctx context.Context, a *app, node string) (zconfi
 }
 
 // IstiodHTTPPort is istiod's HTTP (readiness and debug) port in its pod.
-const IstiodHTTPPort = 8080
+const IstiodHTTPPort = 15014
 
 func newProxyStatusCmd(a *app, k *kubeFlags) *cobra.Command {
 	f := &inspectFlags{k: k}

@@ -27,7 +27,7 @@ func TestValues(t *testing.T) {
 	if _, err := (&Options{ValueFiles: []string{filepath.Join(dir, "missing.yaml")}}).Values(); err == nil || !strings.Contains(err.Error(), "-f") {
 		t.Errorf("missing file: %v", err)
 	}
-	if _, err := (&Options{Set: []string{"a[=1"}}).Values(); err == nil {
+	if _, err := (&Options{Set: []string{"no-value"}}).Values(); err == nil {
 		t.Error("bad --set accepted")
 	}
 }

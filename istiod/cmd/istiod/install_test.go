@@ -575,7 +575,9 @@ func writeCACerts(t *testing.T, dir string) []byte {
 	}
 	root, rootKey := mk("test root", 1, nil, nil)
 	inter, interKey := mk("test intermediate", 2, root, rootKey)
-	certPEM := func(c *x509.Certificate) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}) }
+	certPEM := func(c *x509.Certificate) []byte {
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(interKey)
 	if err != nil {
 		t.Fatal(err)

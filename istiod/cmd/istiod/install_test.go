@@ -36,6 +36,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
 	"github.com/ambit-mesh/ambit/istiod/ca"
@@ -343,6 +344,54 @@ func TestKubeInstall(t *testing.T) {
 			t.Fatal(err)
 		}
 		within("label restored", "later")
+
+		// A namespace being deleted is skipped: its ConfigMap is deleted
+		// with it and not recreated (a ConfigMap with a finalizer holds
+		// the namespace in Terminating meanwhile).
+		if _, err := c.CreateNamespace(ctx, "doomed", nil); err != nil {
+			t.Fatal(err)
+		}
+		within("ConfigMap in the namespace to delete", "doomed")
+		const hold = "ambit.test/hold"
+		if _, err := c.Client.CoreV1().ConfigMaps("doomed").Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: "hold", Finalizers: []string{hold}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			patch := []byte(`{"metadata":{"finalizers":null}}`)
+			_, _ = c.Client.CoreV1().ConfigMaps("doomed").Patch(context.Background(), "hold", types.MergePatchType, patch, metav1.PatchOptions{})
+		})
+		if err := c.Client.CoreV1().Namespaces().Delete(ctx, "doomed", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := cluster.Eventually(ctx, "the ConfigMap gone with its Terminating namespace", func(context.Context) error {
+			ns, err := c.Client.CoreV1().Namespaces().Get(ctx, "doomed", metav1.GetOptions{})
+			if err != nil {
+				return fmt.Errorf("namespace: %v", err)
+			}
+			if ns.Status.Phase != corev1.NamespaceTerminating {
+				return fmt.Errorf("namespace phase %s", ns.Status.Phase)
+			}
+			if _, err := cms("doomed"); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("ConfigMap: %v", err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// A namespace created after the deletion is a barrier: once its
+		// ConfigMap exists, istiod has handled the deletion's events.
+		if _, err := c.CreateNamespace(ctx, "after-doomed", nil); err != nil {
+			t.Fatal(err)
+		}
+		within("ConfigMap in a namespace created after the deletion", "after-doomed")
+		if _, err := cms("doomed"); !apierrors.IsNotFound(err) {
+			t.Errorf("ConfigMap recreated in a Terminating namespace: %v", err)
+		}
+		if strings.Contains(p.logs.String(), "namespace=doomed configmap=istio-ca-root-cert retries") {
+			t.Errorf("istiod retried a Terminating namespace:\n%s", p.logs.String())
+		}
 	})
 
 	t.Run("syncz", func(t *testing.T) { testSyncz(ctx, t, c, p) })

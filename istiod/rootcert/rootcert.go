@@ -179,7 +179,11 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	}
 	defer c.queue.Done(ns)
 	if err := c.Reconcile(ctx, ns); err != nil {
-		c.log.Warn("root certificate ConfigMap not written; retrying", "namespace", ns, "configmap", ConfigMapName,
+		logf := c.log.Warn
+		if apierrors.IsConflict(err) {
+			logf = c.log.Debug // another replica wrote it first; retried on the fresher cache
+		}
+		logf("root certificate ConfigMap not written; retrying", "namespace", ns, "configmap", ConfigMapName,
 			"retries", c.queue.NumRequeues(ns), "error", err)
 		c.queue.AddRateLimited(ns)
 		return true

@@ -429,6 +429,38 @@ func TestKubeInstall(t *testing.T) {
 		}
 	})
 
+	t.Run("a lost create reads the winner's root", func(t *testing.T) {
+		// Both callers find no Secret before either creates one, so one
+		// Create gets AlreadyExists from the API server.
+		var barrier sync.WaitGroup
+		barrier.Add(2)
+		const name = "race-forced"
+		secrets := c.Client.CoreV1().Secrets("istio-race")
+		roots := make([][]byte, 2)
+		var wg sync.WaitGroup
+		for i := range roots {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				store := &barrierStore{RootStore: casecret.New(secrets, "istio-race", name), barrier: &barrier}
+				a, err := ca.LoadOrCreateContext(ctx, ca.Options{TrustDomain: "cluster.local", RootStore: store})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				roots[i] = a.RootsPEM()
+			}()
+		}
+		wg.Wait()
+		sec, err := secrets.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(roots[0], sec.Data[ca.CACertFile]) || !bytes.Equal(roots[1], sec.Data[ca.CACertFile]) {
+			t.Fatal("racing creators use different roots")
+		}
+	})
+
 	t.Run("cacerts win over the Secret", func(t *testing.T) {
 		dir := t.TempDir()
 		cacertsRoot := writeCACerts(t, dir)
@@ -593,6 +625,19 @@ func testSyncz(ctx context.Context, t *testing.T, c *cluster.Cluster, p *istiodP
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// barrierStore holds its first Load until every racer has made its own.
+type barrierStore struct {
+	ca.RootStore
+	barrier *sync.WaitGroup
+	once    sync.Once
+}
+
+func (b *barrierStore) Load(ctx context.Context) ([]byte, []byte, error) {
+	cert, key, err := b.RootStore.Load(ctx)
+	b.once.Do(func() { b.barrier.Done(); b.barrier.Wait() })
+	return cert, key, err
 }
 
 // writeCACerts writes Istio cacerts files (a root and an intermediate

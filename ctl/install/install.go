@@ -391,4 +391,3 @@ func (o *Options) wait(ctx context.Context) error {
 		}
 	}
 }
-

@@ -6,12 +6,23 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/pkg/syncz"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
+// testdata/syncz.json is written by hand (a waypoint, a NACK, a stale
+// type); syncz-local.json was captured from the local mesh's istiod
+// (`ambitctl proxy-status --local -o json` on deploy/examples/local).
 func TestTableGolden(t *testing.T) {
-	in, err := os.ReadFile(filepath.Join("testdata", "syncz.json"))
+	for _, name := range []string{"syncz", "syncz-local"} {
+		golden(t, name)
+	}
+}
+
+func golden(t *testing.T, name string) {
+	in, err := os.ReadFile(filepath.Join("testdata", name+".json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,7 +35,7 @@ func TestTableGolden(t *testing.T) {
 		if err := Write(&b, ps, format); err != nil {
 			t.Fatal(err)
 		}
-		path := filepath.Join("testdata", "syncz."+format+".golden")
+		path := filepath.Join("testdata", name+"."+format+".golden")
 		if *update {
 			if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
 				t.Fatal(err)
@@ -39,6 +50,10 @@ func TestTableGolden(t *testing.T) {
 			t.Errorf("%s differs (go test -update rewrites it):\n%s", path, b.Bytes())
 		}
 	}
+}
+
+func TestErrors(t *testing.T) {
+	var ps []syncz.Proxy
 	if err := Write(&bytes.Buffer{}, ps, "wide"); err == nil {
 		t.Error("-o wide accepted")
 	}

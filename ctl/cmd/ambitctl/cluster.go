@@ -416,6 +416,9 @@ istiod is reached through the API server's port-forward to its pod (port
 				return usageError("-o %q: use one of %s", f.output, strings.Join(zconfig.Formats, ", "))
 			}
 			body, err := f.istiodGet(cmd.Context(), addr, syncz.Path)
+			if err != nil && strings.Contains(err.Error(), "status 404") {
+				return fmt.Errorf("%w\nthis istiod does not serve %s: upgrade it to this ambitctl's version (ambitctl version)", err, syncz.Path)
+			}
 			if err != nil {
 				return err
 			}

@@ -139,7 +139,7 @@ func Install(ctx context.Context, o Options) error {
 		if strings.Contains(err.Error(), "still in use") {
 			return fmt.Errorf("release %s already exists in %s: use ambitctl upgrade to change it", o.Release, o.Namespace)
 		}
-		return fmt.Errorf("installing: %w", err)
+		return fmt.Errorf("installing: %w%s", err, permissionHint(err))
 	}
 	fmt.Fprintf(o.Progress, "release %s installed\n", o.Release)
 	return o.wait(ctx)
@@ -175,7 +175,7 @@ func Upgrade(ctx context.Context, o Options) error {
 		if msg := err.Error(); strings.Contains(msg, "has no deployed releases") || strings.Contains(msg, "not found") {
 			return fmt.Errorf("upgrading: %w (no release %s in %s: ambitctl install first)", err, o.Release, o.Namespace)
 		}
-		return fmt.Errorf("upgrading: %w", err)
+		return fmt.Errorf("upgrading: %w%s", err, permissionHint(err))
 	}
 	fmt.Fprintf(o.Progress, "release %s upgraded\n", o.Release)
 	return o.wait(ctx)
@@ -200,7 +200,7 @@ func Uninstall(ctx context.Context, o Options, purge bool) ([]string, error) {
 	case err != nil && strings.Contains(err.Error(), "not found"):
 		return nil, fmt.Errorf("no release %s in namespace %s (ambitctl version shows what is installed; -n picks the namespace)", o.Release, o.Namespace)
 	case err != nil:
-		return nil, fmt.Errorf("uninstalling: %w", err)
+		return nil, fmt.Errorf("uninstalling: %w%s", err, permissionHint(err))
 	default:
 		fmt.Fprintf(o.Progress, "release %s uninstalled\n", o.Release)
 	}
@@ -208,6 +208,15 @@ func Uninstall(ctx context.Context, o Options, purge bool) ([]string, error) {
 		return nil, nil
 	}
 	return purgeLeftovers(ctx, o)
+}
+
+// permissionHint points a forbidden error at precheck, which lists the
+// permissions install needs.
+func permissionHint(err error) string {
+	if strings.Contains(err.Error(), "forbidden") {
+		return "\n(ambitctl precheck lists the permissions install needs and which you lack)"
+	}
+	return ""
 }
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}

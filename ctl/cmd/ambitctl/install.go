@@ -58,6 +58,9 @@ istiod image tag first (--set istiod.image.tag=NEW), then the rest.`
 			_, err = fmt.Fprint(a.stdout, m)
 			return err
 		}
+		if _, err := k.client(); err != nil {
+			return err
+		}
 		start := time.Now()
 		var err error
 		if upgrade {
@@ -98,6 +101,9 @@ removed.`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Namespace, o.Getter, o.Progress = k.namespace(), k.cf, a.stderr
+			if _, err := k.client(); err != nil {
+				return err
+			}
 			removed, err := install.Uninstall(cmd.Context(), o, purge)
 			if len(removed) > 0 {
 				fmt.Fprintf(a.stderr, "warning: --purge removed %d objects (and every custom resource of the removed kinds):\n  %s\n", len(removed), strings.Join(removed, "\n  "))

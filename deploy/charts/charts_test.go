@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -240,15 +239,6 @@ func decodeAll(t *testing.T, manifest string) []runtime.Object {
 		out = append(out, obj)
 	}
 	return out
-}
-
-func objName(o runtime.Object) string {
-	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
-	if err != nil {
-		return fmt.Sprintf("%T", o)
-	}
-	md, _ := m["metadata"].(map[string]any)
-	return fmt.Sprintf("%T %v", o, md["name"])
 }
 
 func sorted(s []string) []string {

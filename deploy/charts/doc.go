@@ -21,8 +21,8 @@
 // istio.io/istio and sigs.k8s.io/gateway-api versions go.mod pins: Istio's
 // security.istio.io and networking.istio.io kinds istiod reads or will read
 // for waypoints, and Gateway API's standard channel. Helm installs crds/ on
-// first install only and never upgrades or deletes them; ambitctl applies
-// CRDs() itself on upgrade.
+// first install only and never upgrades or deletes them: an upgrade applies
+// CRDs() itself, before the new objects.
 //
 // templates/ holds istiod (Deployment, Service, PodDisruptionBudget,
 // optional HorizontalPodAutoscaler), the ztunnel and cni-agent DaemonSets,

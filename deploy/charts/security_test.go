@@ -219,19 +219,29 @@ func checkCNIAgent(t *testing.T, r rendered, name string) {
 			t.Errorf("cni-agent args %v lack %s%s", agent.Args, flagName, path)
 		}
 	}
-	cr := r.clusterRoles["ambit-cni-agent-"+ds.Namespace]
-	if cr == nil {
-		t.Fatal("no cni-agent ClusterRole")
+	cr, role := r.clusterRoles["ambit-cni-agent-"+ds.Namespace], r.nsRoles["cni-agent"]
+	if cr == nil || role == nil {
+		t.Fatal("no cni-agent ClusterRole or Role")
 	}
-	for _, rule := range cr.Rules {
+	// What it may do, by resource: nothing else.
+	allowed := map[string][]string{
+		"pods": {"get", "list", "watch", "patch"}, "namespaces": {"get", "list", "watch"},
+		"nodes": {"get"}, "daemonsets": {"get"},
+	}
+	for _, rule := range append(slices.Clone(cr.Rules), role.Rules...) {
 		for _, res := range rule.Resources {
-			if res != "pods" && res != "namespaces" {
-				t.Errorf("cni-agent may access %s; it needs only pods and namespaces", res)
+			for _, v := range rule.Verbs {
+				if !slices.Contains(allowed[res], v) {
+					t.Errorf("cni-agent may %s %s", v, res)
+				}
 			}
-			if res == "namespaces" && slices.ContainsFunc(rule.Verbs, func(v string) bool { return v != "get" && v != "list" && v != "watch" }) {
-				t.Errorf("cni-agent may %v namespaces; it only reads them", rule.Verbs)
+			if res == "daemonsets" && !slices.Equal(rule.ResourceNames, []string{ds.Name}) {
+				t.Errorf("cni-agent may read DaemonSets %v; only its own (%s)", rule.ResourceNames, ds.Name)
 			}
 		}
+	}
+	if !slices.Contains(agent.Args, "--daemonset="+ds.Namespace+"/"+ds.Name) {
+		t.Errorf("cni-agent args %v do not name its DaemonSet %s/%s", agent.Args, ds.Namespace, ds.Name)
 	}
 }
 
@@ -259,6 +269,10 @@ func checkIstiod(t *testing.T, r rendered, namespace string) {
 	for _, rule := range r.clusterRoles["ambit-istiod-"+namespace].Rules {
 		if slices.Contains(rule.Resources, "secrets") {
 			t.Errorf("istiod's ClusterRole grants secrets %v; secrets belong in its namespace Role", rule.Verbs)
+		}
+		// ConfigMaps: only its trust bundle, except create.
+		if slices.Contains(rule.Resources, "configmaps") && !slices.Equal(rule.ResourceNames, []string{"istio-ca-root-cert"}) && !slices.Equal(rule.Verbs, []string{"create"}) {
+			t.Errorf("istiod may %v every ConfigMap", rule.Verbs)
 		}
 	}
 	role := r.nsRoles["istiod"]

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	authzv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -200,5 +202,134 @@ func decodeManifest(t *testing.T, manifest string) []*unstructured.Unstructured 
 			continue
 		}
 		out = append(out, &unstructured.Unstructured{Object: m})
+	}
+}
+
+// TestChartRBAC installs the chart's service accounts and RBAC for real and
+// asks the API server's authorizer (SubjectAccessReview) what each
+// component's service account may do: what it needs, and nothing beside.
+func TestChartRBAC(t *testing.T) {
+	c := cluster.Shared(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const ns = "ambit-chart-rbac"
+	if _, err := c.CreateNamespace(ctx, ns, nil); err != nil {
+		t.Fatal(err)
+	}
+	manifest, err := charts.Render(nil, "ambit", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disc, err := discovery.NewDiscoveryClientForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
+	var clusterScoped []*unstructured.Unstructured
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, obj := range clusterScoped {
+			gvk := obj.GroupVersionKind()
+			if m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version); err == nil {
+				_ = dyn.Resource(m.Resource).Delete(ctx, obj.GetName(), metav1.DeleteOptions{})
+			}
+		}
+		_ = c.Client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+	})
+	for _, obj := range decodeManifest(t, manifest) {
+		switch obj.GetKind() {
+		case "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding":
+		default:
+			continue
+		}
+		gvk := obj.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ri := dynamic.ResourceInterface(dyn.Resource(m.Resource))
+		if m.Scope.Name() == meta.RESTScopeNameNamespace {
+			ri = dyn.Resource(m.Resource).Namespace(ns)
+		} else {
+			clusterScoped = append(clusterScoped, obj)
+		}
+		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "ambit-chart-e2e", Force: true}); err != nil {
+			t.Fatalf("applying %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+	}
+
+	type check struct {
+		sa, verb, group, resource, namespace, name string
+		allowed                                    bool
+	}
+	can := func(ctx context.Context, k check) (bool, error) {
+		sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+			User:   "system:serviceaccount:" + ns + ":" + k.sa,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			ResourceAttributes: &authzv1.ResourceAttributes{
+				Namespace: k.namespace, Verb: k.verb, Group: k.group, Resource: k.resource, Name: k.name,
+			},
+		}}
+		got, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		if err != nil {
+			return false, err
+		}
+		return got.Status.Allowed, nil
+	}
+	// The authorizer's caches catch up with the new bindings.
+	if err := cluster.Eventually(ctx, "istiod's RBAC to take effect", func(ctx context.Context) error {
+		for _, k := range []check{{sa: "istiod", verb: "list", resource: "pods"}, {sa: "cni-agent", verb: "get", group: "apps", resource: "daemonsets", namespace: ns, name: "cni-agent"}} {
+			if ok, err := can(ctx, k); err != nil || !ok {
+				return fmt.Errorf("%s may not %s %s yet (%v)", k.sa, k.verb, k.resource, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []check{
+		// ztunnel: nothing at all.
+		{"ztunnel", "list", "", "pods", "", "", false},
+		{"ztunnel", "get", "", "configmaps", ns, "istio-ca-root-cert", false},
+		{"ztunnel", "create", "authentication.k8s.io", "tokenreviews", "", "", false},
+		{"ztunnel", "get", "", "secrets", ns, "istio-ca-secret", false},
+		// istiod: its config source, token reviews, the trust bundle, its root.
+		{"istiod", "watch", "", "pods", "", "", true},
+		{"istiod", "list", "", "serviceaccounts", "", "", true},
+		{"istiod", "watch", "discovery.k8s.io", "endpointslices", "", "", true},
+		{"istiod", "list", "security.istio.io", "authorizationpolicies", "", "", true},
+		{"istiod", "watch", "security.istio.io", "peerauthentications", "", "", true},
+		{"istiod", "create", "authentication.k8s.io", "tokenreviews", "", "", true},
+		{"istiod", "update", "", "configmaps", "default", "istio-ca-root-cert", true},
+		{"istiod", "create", "", "configmaps", "default", "", true},
+		{"istiod", "update", "", "configmaps", "default", "kube-root-ca.crt", false},
+		{"istiod", "delete", "", "configmaps", "default", "istio-ca-root-cert", false},
+		{"istiod", "get", "", "secrets", ns, "istio-ca-secret", true},
+		{"istiod", "create", "", "secrets", ns, "", true},
+		{"istiod", "get", "", "secrets", ns, "cacerts", false},
+		{"istiod", "list", "", "secrets", ns, "", false},
+		{"istiod", "get", "", "secrets", "default", "istio-ca-secret", false},
+		{"istiod", "create", "", "pods", "default", "", false},
+		// cni-agent: its node's pods, namespaces, its node and DaemonSet.
+		{"cni-agent", "watch", "", "pods", "", "", true},
+		{"cni-agent", "patch", "", "pods", "default", "p", true},
+		{"cni-agent", "delete", "", "pods", "default", "p", false},
+		{"cni-agent", "list", "", "namespaces", "", "", true},
+		{"cni-agent", "get", "", "nodes", "", "node-1", true},
+		{"cni-agent", "list", "", "nodes", "", "", false},
+		{"cni-agent", "get", "apps", "daemonsets", ns, "ztunnel", false},
+		{"cni-agent", "get", "", "secrets", ns, "istio-ca-secret", false},
+	} {
+		got, err := can(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != k.allowed {
+			t.Errorf("%s %s %s %s/%s in %q: allowed %v, want %v", k.sa, k.verb, k.group, k.resource, k.name, k.namespace, got, k.allowed)
+		}
 	}
 }

@@ -44,8 +44,8 @@ func binaryFlags(t *testing.T, configGo string) map[string]bool {
 }
 
 // pendingFlags are flags the chart passes that a binary on another branch
-// of issue 8 adds (istiod's --ca-secret, cni-agent's --daemonset).
-var pendingFlags = map[string][]string{"istiod": {"ca-secret"}, "cni-agent": {"daemonset"}}
+// of issue 8 adds (cni-agent's --daemonset).
+var pendingFlags = map[string][]string{"cni-agent": {"daemonset"}}
 
 // TestArgsAreBinaryFlags checks that every --flag the chart passes is one
 // the binary defines, for every values case.

@@ -21,14 +21,27 @@
 // istio.io/istio and sigs.k8s.io/gateway-api versions go.mod pins: Istio's
 // security.istio.io and networking.istio.io kinds istiod reads or will read
 // for waypoints, and Gateway API's standard channel. Helm installs crds/ on
-// first install only and never upgrades or deletes them; ambitctl applies
-// CRDs() itself on upgrade.
+// first install only and never upgrades or deletes them: an upgrade applies
+// CRDs() itself, before the new objects.
 //
 // templates/ holds istiod (Deployment, Service, PodDisruptionBudget,
 // optional HorizontalPodAutoscaler), the ztunnel and cni-agent DaemonSets,
-// a ServiceAccount and least-privilege RBAC per component (ztunnel has no
-// Kubernetes API rights), and the ConfigMap ambit-waypoint with the image
-// and resources the waypoint controller gives the waypoints it creates.
-// The containers' args use the binaries' flag names (istiod, ztunnel and
-// cni-agent config.go) verbatim.
+// and a ServiceAccount and least-privilege RBAC per component (ztunnel has
+// no Kubernetes API rights). Object names are fixed (istiod, ztunnel,
+// cni-agent; cluster-scoped ones ambit-<component>-<namespace>): one mesh
+// per cluster, as Istio's charts. The containers' args use the binaries'
+// flag names (istiod, ztunnel and cni-agent config.go) verbatim; the tests
+// check that they exist and that the components' settings agree.
+//
+// Ports: istiod's Service serves 15012 (certificates and xDS, gRPC over
+// TLS) and 15014 (istiod's readiness and debug address: /ready,
+// /debug/syncz). ztunnel serves 15020 (metrics) and 15021 (readiness) in its
+// pod network, 15000 (admin) on its loopback.
+//
+// # Waypoint defaults
+//
+// The ConfigMap ambit-waypoint in the release namespace is what the
+// waypoint controller gives each waypoint Deployment it creates: key image
+// (<hub>/<name>:<tag>), key imagePullPolicy, and key resources (YAML of a
+// core/v1 ResourceRequirements).
 package charts

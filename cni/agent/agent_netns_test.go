@@ -499,7 +499,7 @@ func TestRestartDiscoversCapturedPods(t *testing.T) {
 	if ev := z.next(t); ev.kind != "snapshot" || !slices.Equal(ev.uids, []string{a.UID}) {
 		t.Fatalf("got %+v, want snapshot_sent with %s", ev, a.UID)
 	}
-	if err := e.agent.Reconcile(context.Background()); err != nil {
+	if err := e.agent.ReconcileAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	z.expectNone(t) // no duplicate add

@@ -84,6 +84,7 @@ func podSource(cfg Config, log *slog.Logger) (agent.PodSource, agent.Annotator, 
 		return nil, nil, nil, fmt.Errorf("creating the Kubernetes client: %w", err)
 	}
 	src := agent.NewKubeSource(client, cfg.Node, 0, log)
+	src.ReadNetnsAnnotation = cfg.TrustNetnsAnnotation
 	return src, src, src.Run, nil
 }
 
@@ -168,8 +169,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("configuring the plugin installer: %w", err)
 	}
 
+	var finder agent.NetnsFinder
+	if cfg.PodSource == PodSourceKubernetes {
+		finder = agent.ProcNetnsFinder{}
+	}
 	var zdsServing atomic.Bool
 	a, err = agent.New(agent.Config{
+		NetnsFinder: finder,
 		Node:        cfg.Node,
 		Source:      src,
 		Capture:     backend,

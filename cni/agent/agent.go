@@ -132,6 +132,8 @@ type Agent struct {
 	pods map[string]tracked // by UID; guarded by mu
 
 	discovered atomic.Bool
+	// requeue, set while Run runs, queues a pod for Run's workers.
+	requeue atomic.Pointer[func(uid string)]
 }
 
 // New validates cfg and returns an Agent.
@@ -425,6 +427,9 @@ func (a *Agent) captureAndAdd(ctx context.Context, pod Pod, path string, lazy bo
 	a.track(pod, path, ns, id, unverified)
 	if unverified {
 		a.log.Info("netns accepted on CNI ADD before any process runs in it; verified again when the sandbox starts", "pod", pod.Name, "namespace", pod.Namespace, "uid", pod.UID, "netns", path)
+		if f := a.requeue.Load(); f != nil {
+			(*f)(pod.UID)
+		}
 	}
 	if lazy && !a.cfg.ZDS.Connected() {
 		a.log.Info("ztunnel not connected; the pod goes into its snapshot when it connects", "pod", pod.Name, "namespace", pod.Namespace)

@@ -13,9 +13,10 @@
 // In Kubernetes the agent also marks captured pods with the annotation
 // ambient.istio.io/redirection: enabled and removes it on release (an
 // Annotator; Reconcile keeps the marks level-triggered). Kubernetes does not
-// publish a pod's netns: the agent learns it from CNI ADD, and Reconcile
-// can capture a pod that became enrolled after it started only when the
-// pod's NetnsAnnotation names it (the test node writes it; see KubeSource).
+// publish a pod's netns: the agent learns it from CNI ADD, and for a pod
+// that was running before it became enrolled, from the node's /proc
+// (Config.NetnsFinder, ProcNetnsFinder: a process whose cgroup names the
+// pod's UID, as Istio's node agent finds it).
 //
 // # State and ownership
 //
@@ -54,10 +55,15 @@
 //
 // # Reconcile and restart
 //
-// Reconcile is level-triggered and idempotent over the whole node: running
-// (has IPs) enrolled pods not captured are captured and added; captured pods
-// no longer enrolled or gone from the source are released. Run calls it on
-// every pod source change and periodically. Before the ZDS server accepts
+// Reconcile(ctx, uid) is level-triggered and idempotent for one pod: a
+// running (has IPs) enrolled pod not captured is captured and added; a
+// captured pod no longer enrolled or gone from the source is released.
+// Run feeds a work queue keyed by pod UID (client-go's rate-limiting
+// queue, as sample-controller's processNextWorkItem uses it) with every
+// pod on each pod source change and every ResyncInterval; a failed pod is
+// retried after its own exponential backoff (RetryMin to RetryMax, within
+// an overall token bucket), logged with the pod's name, while the other
+// pods go on. Before the ZDS server accepts
 // ztunnel (so before any snapshot), call Discover: it finds pods whose netns
 // already holds our rules (an earlier agent captured them) and tracks them
 // without re-adding, so a restart neither forgets nor duplicates pods. The

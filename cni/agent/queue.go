@@ -32,6 +32,9 @@ func (a *Agent) Run(ctx context.Context) {
 			&workqueue.TypedBucketRateLimiter[string]{Limiter: rate.NewLimiter(rate.Limit(retryQPS), retryBurst)},
 		),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "cni-agent-pods"})
+	requeue := func(uid string) { q.AddAfter(uid, a.cfg.VerifyInterval) }
+	a.requeue.Store(&requeue)
+	defer a.requeue.Store(nil)
 	var wg sync.WaitGroup
 	for range a.cfg.Workers {
 		wg.Add(1)

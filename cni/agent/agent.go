@@ -683,3 +683,34 @@ func (a *Agent) Unverified() []string {
 	sort.Strings(out)
 	return out
 }
+
+// ReleaseAll releases every captured pod: its rules are removed and its
+// captured mark (with an Annotator) cleared; ztunnel is told when
+// connected. For uninstalling the agent from the node; call it after Run
+// returned, or Run captures the pods again. Errors are joined; a pod that
+// fails stays tracked.
+func (a *Agent) ReleaseAll(ctx context.Context) error {
+	var errs []error
+	for _, uid := range a.Captured() {
+		t, ok := a.lookup(uid)
+		if !ok {
+			continue
+		}
+		unlock, err := a.locks.lock(ctx, uid)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		err = a.releaseLocked(ctx, uid, t.pod.Key(), "")
+		unlock()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if a.cfg.Annotator != nil {
+			if err := a.cfg.Annotator.Annotate(ctx, t.pod, false); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

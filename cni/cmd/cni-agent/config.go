@@ -128,7 +128,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	fs.StringVar(&c.Capture, FlagCapture, env(EnvCapture, capture.ModeAuto), "capture backend: nftables, iptables or auto (env "+EnvCapture+")")
 	fs.StringVar(&c.HealthAddr, FlagHealthAddr, env(EnvHealthAddr, DefaultHealthAddr), "address serving "+ReadyPath+" (env "+EnvHealthAddr+")")
 	fs.StringVar(&logLevel, FlagLogLevel, env(EnvLogLevel, "info"), "debug, info, warn or error (env "+EnvLogLevel+")")
-	fs.BoolVar(&c.UninstallOnExit, FlagUninstallOnExit, uninstallDefault, "remove ambit-cni from the CNI config on exit, for local mode teardown (env "+EnvUninstallOnExit+")")
+	fs.BoolVar(&c.UninstallOnExit, FlagUninstallOnExit, uninstallDefault, "uninstall on exit: remove ambit-cni from the CNI config, release every captured pod, then remove the plugin binary (env "+EnvUninstallOnExit+")")
 	fs.StringVar(&podWait, FlagPodWait, env(EnvPodWait, DefaultPodWait.String()), "how long an enroll waits for its pod to appear (env "+EnvPodWait+")")
 	fs.StringVar(&ztWait, FlagZtunnelWait, env(EnvZtunnelWait, DefaultZtunnelWait.String()), "how long an enroll waits for ztunnel to connect (env "+EnvZtunnelWait+")")
 	fs.BoolVar(&c.TrustNetnsAnnotation, FlagTrustNetnsAnnotation, false, "test nodes only, with --"+FlagPodSource+" "+PodSourceKubernetes+": accept a pod's netns that no pod's process runs in when the pod's annotation "+agent.NetnsAnnotation+" names it (anyone who can patch the pod can write it)")

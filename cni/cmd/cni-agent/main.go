@@ -5,7 +5,9 @@
 //
 // On SIGTERM or SIGINT it stops serving and exits 0. It leaves capture rules
 // in place (pods stay protected across agent restarts) and leaves the plugin
-// installed unless --uninstall-on-exit is set.
+// installed, unless --uninstall-on-exit is set: then it removes ambit-cni
+// from the CNI config, releases every captured pod and removes the plugin
+// binary, in that order (see uninstall).
 package main
 
 import (
@@ -126,6 +128,30 @@ func zdsPeerCheck(cfg Config) (func(zds.Peer) error, error) {
 		}
 		return nil
 	}, nil
+}
+
+// uninstall removes Ambit from the node, in the order that never lets a
+// pod start uncaptured while the plugin is configured: ambit-cni leaves
+// the CNI config first (new pods start with plain networking), then every
+// captured pod is released, and the plugin binary goes last, once no
+// config names it (a runtime deletes a pod with the config it has now, so
+// a DEL after this does not look for ambit-cni).
+func uninstall(ctx context.Context, cfg Config, inst *install.Installer, a *agent.Agent, log *slog.Logger) {
+	if err := inst.Uninstall(ctx); err != nil {
+		log.Error("removing ambit-cni from the CNI config; the plugin binary and the pods' capture stay", "dir", cfg.CNIConfDir, "error", err)
+		return
+	}
+	log.Info("removed ambit-cni from the CNI config", "dir", cfg.CNIConfDir)
+	if err := a.ReleaseAll(ctx); err != nil {
+		log.Error("releasing captured pods; the plugin binary stays", "error", err)
+		return
+	}
+	log.Info("released every captured pod")
+	if err := inst.RemoveBinary(); err != nil {
+		log.Error("removing the ambit-cni binary", "dir", cfg.CNIBinDir, "error", err)
+		return
+	}
+	log.Info("removed the ambit-cni binary", "dir", cfg.CNIBinDir)
 }
 
 // run serves until ctx ends or a component fails.
@@ -261,11 +287,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	zsrv.Close()
 	wg.Wait()
 	if cfg.UninstallOnExit {
-		if err := inst.Uninstall(shutdownCtx); err != nil {
-			log.Error("removing ambit-cni from the CNI config", "err", err)
-		} else {
-			log.Info("removed ambit-cni from the CNI config", "dir", cfg.CNIConfDir)
-		}
+		uninstall(shutdownCtx, cfg, inst, a, log)
 	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause

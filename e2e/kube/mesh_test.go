@@ -187,6 +187,19 @@ func (m *mesh) labelNamespace(t *testing.T, name string, labels map[string]strin
 // node, running command, and waits until it runs.
 func (m *mesh) pod(ctx context.Context, namespace, name, node string, command []string) *corev1.Pod {
 	m.t.Helper()
+	m.createPod(ctx, namespace, name, node, command)
+	wctx, cancel := context.WithTimeout(ctx, convergeWithin)
+	defer cancel()
+	got, err := m.nodes.WaitRunning(wctx, namespace, name)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return got
+}
+
+// createPod creates the pod of m.pod without waiting for it.
+func (m *mesh) createPod(ctx context.Context, namespace, name, node string, command []string) {
+	m.t.Helper()
 	if _, err := m.c.CreateServiceAccount(ctx, namespace, name); err != nil && !apierrors.IsAlreadyExists(err) {
 		m.t.Fatal(err)
 	}
@@ -204,13 +217,6 @@ func (m *mesh) pod(ctx context.Context, namespace, name, node string, command []
 	}); err != nil {
 		m.t.Fatal(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, convergeWithin)
-	defer cancel()
-	got, err := m.nodes.WaitRunning(wctx, namespace, name)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	return got
 }
 
 // waitCaptured waits until the pod's netns holds the capture table and its

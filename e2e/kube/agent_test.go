@@ -65,6 +65,8 @@ func TestKubeAgentLifecycle(t *testing.T) {
 		t.Logf("running namespace enrolled: both running pods captured (rules and mark) %v after the label", took.Round(time.Millisecond))
 		m.mustGet(t, client, serverURL, convergeWithin)
 		m.requireMTLS(t, nodeB, "kagent", "client")
+		// Found from /proc, not from the annotation the agents ignore.
+		m.requireAgentLog(t, nodeA, `msg="pod captured by reconcile"`, " pod=client ", " namespace=kagent ", " netns=/proc/")
 	})
 
 	t.Run("ConflistRestored", func(t *testing.T) {
@@ -125,6 +127,10 @@ func TestKubeAgentLifecycle(t *testing.T) {
 		m.mustGet(t, late, serverURL, convergeWithin)
 		m.requireMTLS(t, nodeB, "kagent", "late")
 		m.mustGet(t, client, serverURL, convergeWithin)
+		// ADD ran before the pod's process existed (containerd's order):
+		// accepted unverified, then verified by the sandbox's cgroup.
+		m.requireAgentLog(t, nodeA, `msg="netns accepted on CNI ADD before any process runs in it; verified again when the sandbox starts"`, " pod=late ")
+		m.requireAgentLog(t, nodeA, `msg="pod's netns verified: its sandbox process runs in it"`, " pod=late ")
 	})
 
 	t.Run("Uninstall", func(t *testing.T) {
@@ -202,6 +208,26 @@ func (m *mesh) requireMTLS(t *testing.T, node, namespace, sa string) {
 	if !hasMetric(text, "istio_tcp_connections_opened_total", want) {
 		t.Fatalf("%s's ztunnel counted no inbound mTLS connection %v:\n%s", node, want, text)
 	}
+}
+
+// requireAgentLog asserts a line of node's cni-agent log holds every part.
+func (m *mesh) requireAgentLog(t *testing.T, node string, parts ...string) {
+	t.Helper()
+	path := m.nodes.LogPath("cni-agent-" + node)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return
+		}
+	}
+	t.Fatalf("no line of %s holds %q", path, parts)
 }
 
 // runningPods lists the pods of a namespace.

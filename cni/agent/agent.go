@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -625,11 +626,10 @@ func (a *Agent) Discover(ctx context.Context) error {
 		}
 	}
 	found := 0
+	index := a.netnsIndex(ctx)
 	for _, p := range pods {
-		if p.Netns == "" && a.cfg.NetnsFinder != nil && len(p.IPs) > 0 {
-			if path, err := a.cfg.NetnsFinder.FindNetns(ctx, p); err == nil {
-				p.Netns = path
-			}
+		if p.Netns == "" && len(p.IPs) > 0 {
+			p.Netns = index(p)
 		}
 		if p.Netns == "" {
 			continue
@@ -641,6 +641,27 @@ func (a *Agent) Discover(ctx context.Context) error {
 	a.discovered.Store(true)
 	a.log.Info("discovered pods captured earlier", "pods", found)
 	return nil
+}
+
+// netnsIndex returns how Discover looks up the netns of a pod the source
+// records none for: from one pass of the finder over all pods when it can
+// (ProcNetnsFinder.Index), else per pod; "" when not found.
+func (a *Agent) netnsIndex(ctx context.Context) func(Pod) string {
+	f := a.cfg.NetnsFinder
+	if f == nil {
+		return func(Pod) string { return "" }
+	}
+	if ix, ok := f.(interface {
+		Index(context.Context) (map[string]string, error)
+	}); ok {
+		if m, err := ix.Index(ctx); err == nil {
+			return func(p Pod) string { return m[strings.ToLower(p.UID)] }
+		}
+	}
+	return func(p Pod) string {
+		path, _ := f.FindNetns(ctx, p)
+		return path
+	}
 }
 
 func (a *Agent) discoverOne(ctx context.Context, p Pod) bool {

@@ -39,21 +39,67 @@ type ProcNetnsFinder struct {
 
 // FindNetns implements NetnsFinder.
 func (f ProcNetnsFinder) FindNetns(_ context.Context, pod Pod) (string, error) {
-	proc := f.Proc
-	if proc == "" {
-		proc = "/proc"
+	want := strings.ToLower(pod.UID)
+	var found string
+	hostProcs := 0
+	err := f.scan(func(uid, path string, inHost bool) bool {
+		if uid != want {
+			return true
+		}
+		if inHost {
+			hostProcs++
+			return true
+		}
+		found = path
+		return false
+	})
+	switch {
+	case err != nil:
+		return "", err
+	case found != "":
+		return found, nil
+	case hostProcs > 0:
+		return "", fmt.Errorf("%w: pod %s (uid %s) has %d processes, all in the node's network namespace (host network?)", ErrNoPodProcess, pod.Key(), pod.UID, hostProcs)
 	}
+	return "", fmt.Errorf("%w: no process in %s has a cgroup naming pod%s (pod %s): its sandbox is not running yet or the pod is gone", ErrNoPodProcess, f.proc(), pod.UID, pod.Key())
+}
+
+// Index returns, by pod UID (lower case), a netns path of every pod with a
+// process outside the node's network namespace: FindNetns for all pods in
+// one pass over /proc (Discover uses it).
+func (f ProcNetnsFinder) Index(context.Context) (map[string]string, error) {
+	out := map[string]string{}
+	err := f.scan(func(uid, path string, inHost bool) bool {
+		if _, ok := out[uid]; !ok && !inHost {
+			out[uid] = path
+		}
+		return true
+	})
+	return out, err
+}
+
+func (f ProcNetnsFinder) proc() string {
+	if f.Proc == "" {
+		return "/proc"
+	}
+	return f.Proc
+}
+
+// scan calls fn for each process (not the agent) whose cgroup names
+// exactly one pod, with that pod's UID, the path of its netns and whether
+// that netns is the agent's own, until fn returns false. Processes that
+// exit or cannot be read meanwhile are skipped.
+func (f ProcNetnsFinder) scan(fn func(uid, path string, inHost bool) bool) error {
+	proc := f.proc()
 	host, err := netns.IDOfPath("/proc/self/ns/net")
 	if err != nil {
-		return "", fmt.Errorf("reading the agent's own netns: %w", err)
+		return fmt.Errorf("reading the agent's own netns: %w", err)
 	}
 	ents, err := os.ReadDir(proc)
 	if err != nil {
-		return "", fmt.Errorf("listing processes in %s: %w", proc, err)
+		return fmt.Errorf("listing processes in %s: %w", proc, err)
 	}
-	want := strings.ToLower(pod.UID)
 	self := os.Getpid()
-	hostProcs := 0
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == self {
@@ -65,22 +111,17 @@ func (f ProcNetnsFinder) FindNetns(_ context.Context, pod Pod) (string, error) {
 			continue
 		}
 		uids := PodUIDsOfCgroup(string(data))
-		if len(uids) != 1 || uids[0] != want {
+		if len(uids) != 1 {
 			continue
 		}
 		path := filepath.Join(dir, "ns", "net")
 		id, err := netns.IDOfPath(path)
 		if err != nil {
-			continue // exited meanwhile
-		}
-		if id == host {
-			hostProcs++
 			continue
 		}
-		return path, nil
+		if !fn(uids[0], path, id == host) {
+			return nil
+		}
 	}
-	if hostProcs > 0 {
-		return "", fmt.Errorf("%w: pod %s (uid %s) has %d processes, all in the node's network namespace (host network?)", ErrNoPodProcess, pod.Key(), pod.UID, hostProcs)
-	}
-	return "", fmt.Errorf("%w: no process in %s has a cgroup naming pod%s (pod %s): its sandbox is not running yet or the pod is gone", ErrNoPodProcess, proc, pod.UID, pod.Key())
+	return nil
 }

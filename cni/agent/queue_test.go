@@ -212,6 +212,26 @@ func TestRunCapturesRunningPodFromProc(t *testing.T) {
 	if got := e.agent.Unverified(); len(got) != 0 {
 		t.Fatalf("Unverified = %v: a netns found from /proc is verified", got)
 	}
+	// A restarted agent finds the pod's netns from /proc again and tracks
+	// it (Discover, one pass over /proc): the reconnecting ztunnel gets it
+	// in the snapshot, once.
+	e.stopAgent()
+	e.start(false)
+	if ev := z.next(t); ev.kind != "add" || ev.uid != p.UID || ev.ino != inode(t, p) {
+		t.Fatalf("got %+v, want the snapshot's add of the pod", ev)
+	}
+	if ev := z.next(t); ev.kind != "snapshot" || !slices.Equal(ev.uids, []string{p.UID}) {
+		t.Fatalf("got %+v, want the snapshot with the pod", ev)
+	}
+	if err := e.agent.ReconcileAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	z.expectNone(t) // no duplicate add
+	e.stopAgent()
+	e.start(true)
+	for range 2 { // the snapshot again
+		z.next(t)
+	}
 	e.setNamespaceLabel("plain", "")
 	if ev := z.next(t); ev.kind != "del" || ev.uid != p.UID {
 		t.Fatalf("got %+v, want the pod's del", ev)
@@ -240,6 +260,13 @@ func TestProcNetnsFinder(t *testing.T) {
 	if got, want := nsID(t, path), nsID(t, netns.Path(name)); got != want {
 		t.Fatalf("found %s (%s), want %s", path, got, want)
 	}
+	index, err := f.Index(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := index[uid]; !ok || nsID(t, got) != nsID(t, path) {
+		t.Fatalf("Index[%s] = %q, want the pod's netns", uid, got)
+	}
 	const other = "0c1c2c3c-1111-4222-8333-444444444444"
 	_, err = f.FindNetns(ctx, agent.Pod{UID: other, Name: "b", Namespace: "demo"})
 	if !errors.Is(err, agent.ErrNoPodProcess) || !strings.Contains(err.Error(), "pod"+other) {
@@ -257,6 +284,9 @@ func TestProcNetnsFinder(t *testing.T) {
 	_, err = f.FindNetns(ctx, agent.Pod{UID: host, Name: "h", Namespace: "demo"})
 	if !errors.Is(err, agent.ErrNoPodProcess) || !strings.Contains(err.Error(), "host network") {
 		t.Fatalf("pod whose process runs in the node's netns: %v", err)
+	}
+	if index, err = f.Index(ctx); err != nil || index[host] != "" {
+		t.Fatalf("Index lists the host-network pod: %q, %v", index[host], err)
 	}
 }
 

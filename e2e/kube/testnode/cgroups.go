@@ -18,7 +18,7 @@ import (
 // CgroupParent is the test nodes' cgroup, below the root of the hierarchy
 // PodCgroup uses; pods' cgroups are CgroupParent/kubepods/pod<uid>, as
 // kubelet's cgroupfs driver names them.
-const CgroupParent = "ambitk"
+const CgroupParent = "ambitk-testnode"
 
 // cgroupRoots are the hierarchies tried, in order: cgroup v2 (the hybrid
 // layout's unified mount, or the whole tree), then v1's pids controller.

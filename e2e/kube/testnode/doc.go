@@ -29,13 +29,13 @@
 //     ambit.dev/netns (cni/agent.NetnsAnnotation) before CNI ADD, for the
 //     tests (a cni-agent reads it only with --trust-netns-annotation).
 //   - Each pod's process runs in a cgroup named as kubelet's cgroupfs
-//     driver names it, PodCgroup: <root>/ambitk/kubepods/pod<uid>, in the
-//     first writable hierarchy of cgroup v2 (the hybrid layout's
-//     /sys/fs/cgroup/unified, or /sys/fs/cgroup) or v1's pids. So a
-//     cni-agent finds a running pod's netns from /proc and verifies a
-//     netns by its processes' cgroups, as on a real node. Start clears
-//     ambitk's leftovers; a pod's cgroup is removed with the pod, and the
-//     whole ambitk at Stop.
+//     driver names it, PodCgroup: <root>/ambitk-testnode/kubepods/pod<uid>
+//     (CgroupParent), in the first writable hierarchy of cgroup v2 (the
+//     hybrid layout's /sys/fs/cgroup/unified, or /sys/fs/cgroup) or v1's
+//     pids. So a cni-agent finds a running pod's netns from /proc and
+//     verifies a netns by its processes' cgroups, as on a real node.
+//     Start clears CgroupParent's leftovers; a pod's cgroup is removed
+//     with the pod, and CgroupParent at Stop.
 //   - CNI ADD runs the node's conflist (bridge + host-local, network
 //     NetworkName, in NetD(node)) once the node's cni-agent has appended
 //     ambit-cni to it, with K8S_POD_* arguments, from inside the node's

@@ -44,6 +44,21 @@
 // ZDS snapshots and releases use it, never the path again. Release of a
 // pod the agent does not track refuses a netns captured for a tracked pod.
 //
+// A runtime that runs CNI ADD before it starts the sandbox (containerd)
+// names a netns no process runs in yet, which ProcVerifier cannot
+// attribute (ErrNetnsNoProcess). Enroll, and only Enroll, accepts such a
+// netns as unverified, when no tracked pod holds it; Run checks it again
+// every Config.VerifyInterval: a process of the pod verifies it; a
+// process of another pod, or of no pod, releases the pod (rules removed,
+// ztunnel told). The reasoning: the path comes from the runtime over the
+// agent's socket (root only), not from a pod annotation; a netns that no
+// process runs in and no other pod's capture holds can send no traffic,
+// so what ztunnel does for it under the pod's identity carries no other
+// workload's traffic; the first process that could send any is checked,
+// and a foreign one ends the capture. Only the window before any process
+// exists is unverified. A netns the pod source records or a NetnsFinder
+// finds is never accepted without a process.
+//
 // # Fail closed
 //
 // Enroll answers only once the rules are in place and ztunnel acked the pod.
@@ -63,10 +78,13 @@
 // pod on each pod source change and every ResyncInterval; a failed pod is
 // retried after its own exponential backoff (RetryMin to RetryMax, within
 // an overall token bucket), logged with the pod's name, while the other
-// pods go on. Before the ZDS server accepts
-// ztunnel (so before any snapshot), call Discover: it finds pods whose netns
-// already holds our rules (an earlier agent captured them) and tracks them
-// without re-adding, so a restart neither forgets nor duplicates pods. The
-// agent never removes capture rules on exit: pods stay protected across
-// agent restarts.
+// pods go on.
+//
+// Before the ZDS server accepts ztunnel (so before any snapshot), call
+// Discover: it finds pods whose netns already holds our rules (an earlier
+// agent captured them; netns from the source or the NetnsFinder) and
+// tracks them without re-adding, so a restart neither forgets nor
+// duplicates pods. The agent never removes capture rules on exit, so pods
+// stay protected across agent restarts; only an uninstall calls
+// ReleaseAll.
 package agent

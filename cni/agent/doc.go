@@ -29,15 +29,17 @@
 // # Whose netns
 //
 // A netns path comes from the CNI ADD (Enroll, i.e. whoever can reach the
-// agent's socket) or from the pod source (Reconcile, Discover; on
-// Kubernetes an annotation anyone allowed to patch the pod can write).
+// agent's socket), from the pod source (Reconcile, Discover; on test
+// nodes an annotation anyone allowed to patch the pod can write) or from
+// the NetnsFinder (a /proc/<pid>/ns/net whose process may exit and its
+// pid be reused before the open).
 // Before capturing a netns for a pod or handing it to ztunnel, the agent
 // opens it once and checks that open file (not the path) with
 // Config.Verifier: RecordVerifier (local mode: the cluster state records
 // the pod's netns; compared by device and inode) or ProcVerifier
 // (Kubernetes: a process in the netns has a cgroup naming the pod's UID;
 // a netns no pod's process runs in is refused unless a Fallback, the
-// annotation on test nodes, accepts it). A netns already captured for
+// annotation on test nodes, accepts it, or see below). A netns already captured for
 // another pod is refused too. A refusal (ErrForeignNetns) captures nothing
 // and tells ztunnel nothing; its message names the pod, the netns and what
 // was expected. The verified file stays open while the pod is tracked:

@@ -61,8 +61,12 @@ func TestKubeAgentLifecycle(t *testing.T) {
 		m.mustGet(t, client, serverURL, convergeWithin) // plain
 		start := time.Now()
 		m.labelNamespace(t, "kagent", ambient)
-		took := m.waitAllCaptured(t, []*corev1.Pod{server, client}, start, enrollCaptureWithin)
-		t.Logf("running namespace enrolled: both running pods captured (rules and mark) %v after the label", took.Round(time.Millisecond))
+		rules, marked := m.waitAllCaptured(t, []*corev1.Pod{server, client}, start, enrollCaptureWithin)
+		t.Logf("running namespace enrolled: both running pods' capture rules in place %v after the label, marked %v after it",
+			rules.Round(time.Millisecond), marked.Round(time.Millisecond))
+		if rules > time.Second {
+			t.Errorf("capture rules in place %v after the label, want within a second", rules)
+		}
 		m.mustGet(t, client, serverURL, convergeWithin)
 		m.requireMTLS(t, nodeB, "kagent", "client")
 		// Found from /proc, not from the annotation the agents ignore.
@@ -173,25 +177,32 @@ func TestKubeAgentLifecycle(t *testing.T) {
 }
 
 // waitAllCaptured polls until every pod's netns holds the capture table
-// and its object the mark, failing after within; it returns the time since
-// start.
-func (m *mesh) waitAllCaptured(t *testing.T, pods []*corev1.Pod, start time.Time, within time.Duration) time.Duration {
+// and its object the mark, failing after within; it returns the times
+// since start when all tables were in place and when all marks were too.
+func (m *mesh) waitAllCaptured(t *testing.T, pods []*corev1.Pod, start time.Time, within time.Duration) (rules, marked time.Duration) {
 	t.Helper()
 	for {
-		var missing []string
+		var noRules, unmarked []string
 		for _, p := range pods {
+			key := p.Namespace + "/" + p.Name
+			if !nftTable(p.Annotations[agent.NetnsAnnotation]) {
+				noRules = append(noRules, key)
+			}
 			cur, err := m.c.Client.CoreV1().Pods(p.Namespace).Get(context.Background(), p.Name, metav1.GetOptions{})
-			if err != nil || cur.Annotations[agent.RedirectionAnnotation] != agent.RedirectionEnabled || !nftTable(p.Annotations[agent.NetnsAnnotation]) {
-				missing = append(missing, p.Namespace+"/"+p.Name)
+			if err != nil || cur.Annotations[agent.RedirectionAnnotation] != agent.RedirectionEnabled {
+				unmarked = append(unmarked, key)
 			}
 		}
-		if len(missing) == 0 {
-			return time.Since(start)
+		if len(noRules) == 0 && rules == 0 {
+			rules = time.Since(start)
+		}
+		if len(noRules) == 0 && len(unmarked) == 0 {
+			return rules, time.Since(start)
 		}
 		if time.Since(start) > within {
-			t.Fatalf("pods %v not captured %v after the change", missing, within)
+			t.Fatalf("%v after the change: pods without capture rules %v, without the mark %v", within, noRules, unmarked)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

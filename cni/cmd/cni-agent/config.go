@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/ambit-mesh/ambit/cni/agent"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/capture"
@@ -41,6 +43,9 @@ const (
 	// no pod's process runs in. For test nodes only (e2e/kube/testnode):
 	// anyone allowed to patch a pod can write the annotation.
 	FlagTrustNetnsAnnotation = "trust-netns-annotation"
+	// FlagDaemonSet names the agent's own DaemonSet (namespace/name): at
+	// exit the agent uninstalls itself from the node when it is gone.
+	FlagDaemonSet = "daemonset"
 )
 
 // Environment variables, read as defaults that flags override.
@@ -60,6 +65,7 @@ const (
 	EnvUninstallOnExit = "AMBIT_UNINSTALL_ON_EXIT"
 	EnvPodWait         = "AMBIT_POD_WAIT"
 	EnvZtunnelWait     = "AMBIT_ZTUNNEL_WAIT"
+	EnvDaemonSet       = "AMBIT_DAEMONSET"
 )
 
 // Pod sources.
@@ -98,6 +104,8 @@ type Config struct {
 	ZtunnelWait     time.Duration
 	// TrustNetnsAnnotation: see FlagTrustNetnsAnnotation.
 	TrustNetnsAnnotation bool
+	// DaemonSet: see FlagDaemonSet; zero when not set.
+	DaemonSet types.NamespacedName
 }
 
 // parseConfig parses args over the environment (getenv) and validates the
@@ -114,7 +122,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	fs := flag.NewFlagSet("cni-agent", flag.ContinueOnError)
 	fs.SetOutput(usage)
 	var c Config
-	var logLevel, podWait, ztWait string
+	var logLevel, podWait, ztWait, daemonSet string
 	uninstallDefault, uninstallErr := strconv.ParseBool(env(EnvUninstallOnExit, "false"))
 	fs.StringVar(&c.Node, FlagNode, env(EnvNode, ""), "this node's name (required; env "+EnvNode+")")
 	fs.StringVar(&c.AgentSocket, FlagAgentSocket, env(EnvAgentSocket, agentapi.DefaultSocketPath), "unix socket the ambit-cni plugin dials (env "+EnvAgentSocket+")")
@@ -132,6 +140,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	fs.StringVar(&podWait, FlagPodWait, env(EnvPodWait, DefaultPodWait.String()), "how long an enroll waits for its pod to appear (env "+EnvPodWait+")")
 	fs.StringVar(&ztWait, FlagZtunnelWait, env(EnvZtunnelWait, DefaultZtunnelWait.String()), "how long an enroll waits for ztunnel to connect (env "+EnvZtunnelWait+")")
 	fs.BoolVar(&c.TrustNetnsAnnotation, FlagTrustNetnsAnnotation, false, "test nodes only, with --"+FlagPodSource+" "+PodSourceKubernetes+": accept a pod's netns that no pod's process runs in when the pod's annotation "+agent.NetnsAnnotation+" names it (anyone who can patch the pod can write it)")
+	fs.StringVar(&daemonSet, FlagDaemonSet, env(EnvDaemonSet, ""), "with --"+FlagPodSource+" "+PodSourceKubernetes+": the agent's DaemonSet as namespace/name; at exit the agent uninstalls itself from the node (as --"+FlagUninstallOnExit+") when the DaemonSet is gone, being deleted, unreadable or no longer selects the node; RBAC: daemonsets get (env "+EnvDaemonSet+")")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -213,6 +222,17 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	}
 	if c.PodSource == PodSourceLocal && c.Kubeconfig != "" {
 		bad(FlagKubeconfig, EnvKubeconfig, "only for --%s %s", FlagPodSource, PodSourceKubernetes)
+	}
+	if daemonSet != "" {
+		ns, name, ok := strings.Cut(daemonSet, "/")
+		switch {
+		case !ok || ns == "" || name == "" || strings.Contains(name, "/"):
+			bad(FlagDaemonSet, EnvDaemonSet, "%q is not namespace/name (e.g. istio-system/ambit-cni-node)", daemonSet)
+		case c.PodSource != PodSourceKubernetes:
+			bad(FlagDaemonSet, EnvDaemonSet, "only for --%s %s", FlagPodSource, PodSourceKubernetes)
+		default:
+			c.DaemonSet = types.NamespacedName{Namespace: ns, Name: name}
+		}
 	}
 	if c.PodSource == PodSourceLocal && c.TrustNetnsAnnotation {
 		errs = append(errs, fmt.Errorf("--%s: only for --%s %s; local mode checks netns against its cluster state", FlagTrustNetnsAnnotation, FlagPodSource, PodSourceKubernetes))

@@ -63,6 +63,12 @@ func TestParseConfigKubernetes(t *testing.T) {
 	if err != nil || !c.TrustNetnsAnnotation {
 		t.Errorf("--trust-netns-annotation: %+v %v", c, err)
 	}
+	c, err = parseConfig([]string{"--node", "node-a", "--pod-source", "kubernetes"}, func(k string) string {
+		return map[string]string{EnvDaemonSet: "istio-system/ambit-cni-node"}[k]
+	}, exe, io.Discard)
+	if err != nil || c.DaemonSet.Namespace != "istio-system" || c.DaemonSet.Name != "ambit-cni-node" {
+		t.Errorf("%s: %+v %v", EnvDaemonSet, c.DaemonSet, err)
+	}
 	// No kubeconfig: in-cluster config.
 	env := map[string]string{EnvNode: "n", EnvPodSource: "kubernetes"}
 	c, err = parseConfig(nil, func(k string) string { return env[k] }, exe, io.Discard)
@@ -119,6 +125,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"empty socket", append(base, "--agent-socket", ""), nil, []string{"--agent-socket", "must not be empty"}},
 		{"plugin binary missing", append(base, "--plugin-binary", "/nonexistent/ambit-cni"), nil, []string{"--plugin-binary", "go build"}},
 		{"bad env bool", base, map[string]string{EnvUninstallOnExit: "maybe"}, []string{"--uninstall-on-exit", EnvUninstallOnExit, "maybe"}},
+		{"daemonset with local", append(base, "--daemonset", "istio-system/ambit"), nil, []string{"--daemonset", "only for --pod-source kubernetes"}},
+		{"daemonset form", []string{"--node", "n", "--pod-source", "kubernetes", "--daemonset", "ambit"}, nil, []string{"--daemonset", `"ambit" is not namespace/name`}},
+		{"daemonset env form", []string{"--node", "n", "--pod-source", "kubernetes"}, map[string]string{EnvDaemonSet: "a/b/c"}, []string{EnvDaemonSet, `"a/b/c"`}},
 		{"extra argument", append(base, "extra"), nil, []string{`unexpected argument "extra"`}},
 		{"unknown flag", append(base, "--nodes", "x"), nil, []string{"nodes"}},
 	} {

@@ -5,7 +5,9 @@
 //
 // On SIGTERM or SIGINT it stops serving and exits 0. It leaves capture rules
 // in place (pods stay protected across agent restarts) and leaves the plugin
-// installed, unless --uninstall-on-exit is set: then it removes ambit-cni
+// installed, unless it is uninstalled: with --uninstall-on-exit, or with
+// --daemonset when its DaemonSet is gone, being deleted, unreadable or no
+// longer selects the node (see uninstalling). Then it removes ambit-cni
 // from the CNI config, releases every captured pod and removes the plugin
 // binary, in that order (see uninstall).
 package main
@@ -60,34 +62,35 @@ func main() {
 	log.Info("cni-agent stopped")
 }
 
-// podSource returns the configured pod source, its Annotator (nil for local
-// mode) and the function that runs it until ctx ends.
-func podSource(cfg Config, log *slog.Logger) (agent.PodSource, agent.Annotator, func(context.Context) error, error) {
+// podSource returns the configured pod source, its Annotator and
+// Kubernetes client (nil for local mode) and the function that runs it
+// until ctx ends.
+func podSource(cfg Config, log *slog.Logger) (agent.PodSource, agent.Annotator, kubernetes.Interface, func(context.Context) error, error) {
 	if cfg.PodSource == PodSourceLocal {
 		src := agent.NewLocalSource(cfg.ClusterState, cfg.Node, 0, log)
-		return src, nil, func(ctx context.Context) error { src.Run(ctx); return nil }, nil
+		return src, nil, nil, func(ctx context.Context) error { src.Run(ctx); return nil }, nil
 	}
 	var rc *rest.Config
 	var err error
 	if cfg.Kubeconfig == "" {
 		rc, err = rest.InClusterConfig()
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--%s %s without --%s: %w: run in a pod or pass a kubeconfig", FlagPodSource, PodSourceKubernetes, FlagKubeconfig, err)
+			return nil, nil, nil, nil, fmt.Errorf("--%s %s without --%s: %w: run in a pod or pass a kubeconfig", FlagPodSource, PodSourceKubernetes, FlagKubeconfig, err)
 		}
 	} else {
 		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--%s %s: %w", FlagKubeconfig, cfg.Kubeconfig, err)
+			return nil, nil, nil, nil, fmt.Errorf("--%s %s: %w", FlagKubeconfig, cfg.Kubeconfig, err)
 		}
 	}
 	rc.UserAgent = "ambit-cni-agent/" + cfg.Node
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("creating the Kubernetes client: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("creating the Kubernetes client: %w", err)
 	}
 	src := agent.NewKubeSource(client, cfg.Node, 0, log)
 	src.ReadNetnsAnnotation = cfg.TrustNetnsAnnotation
-	return src, src, src.Run, nil
+	return src, src, client, src.Run, nil
 }
 
 // netnsVerifier returns how the agent checks that a netns is a pod's:
@@ -130,30 +133,6 @@ func zdsPeerCheck(cfg Config) (func(zds.Peer) error, error) {
 	}, nil
 }
 
-// uninstall removes Ambit from the node, in the order that never lets a
-// pod start uncaptured while the plugin is configured: ambit-cni leaves
-// the CNI config first (new pods start with plain networking), then every
-// captured pod is released, and the plugin binary goes last, once no
-// config names it (a runtime deletes a pod with the config it has now, so
-// a DEL after this does not look for ambit-cni).
-func uninstall(ctx context.Context, cfg Config, inst *install.Installer, a *agent.Agent, log *slog.Logger) {
-	if err := inst.Uninstall(ctx); err != nil {
-		log.Error("removing ambit-cni from the CNI config; the plugin binary and the pods' capture stay", "dir", cfg.CNIConfDir, "error", err)
-		return
-	}
-	log.Info("removed ambit-cni from the CNI config", "dir", cfg.CNIConfDir)
-	if err := a.ReleaseAll(ctx); err != nil {
-		log.Error("releasing captured pods; the plugin binary stays", "error", err)
-		return
-	}
-	log.Info("released every captured pod")
-	if err := inst.RemoveBinary(); err != nil {
-		log.Error("removing the ambit-cni binary", "dir", cfg.CNIBinDir, "error", err)
-		return
-	}
-	log.Info("removed the ambit-cni binary", "dir", cfg.CNIBinDir)
-}
-
 // run serves until ctx ends or a component fails.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -163,7 +142,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--%s %s: %w", FlagCapture, cfg.Capture, err)
 	}
-	src, annotator, runSource, err := podSource(cfg, log)
+	src, annotator, client, runSource, err := podSource(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -286,7 +265,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	_ = healthSrv.Shutdown(shutdownCtx)
 	zsrv.Close()
 	wg.Wait()
-	if cfg.UninstallOnExit {
+	if cfg.UninstallOnExit || (cfg.DaemonSet.Name != "" && uninstalling(shutdownCtx, client, cfg.DaemonSet, cfg.Node, log)) {
 		uninstall(shutdownCtx, cfg, inst, a, log)
 	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {

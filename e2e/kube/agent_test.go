@@ -14,12 +14,14 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambit-mesh/ambit/cni/agent"
 	"github.com/ambit-mesh/ambit/cni/install"
+	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
 	"github.com/ambit-mesh/ambit/e2e/kube/testnode"
 	"github.com/ambit-mesh/ambit/pkg/enrollment"
 )
@@ -138,9 +140,29 @@ func TestKubeAgentLifecycle(t *testing.T) {
 	})
 
 	t.Run("Uninstall", func(t *testing.T) {
+		bin := filepath.Join(m.dir, "cni-bin", install.PluginType)
+		conflistA := filepath.Join(m.nodes.NetD(nodeA), testnode.ConflistName)
+		// While the agents' DaemonSet exists, an agent's exit is an upgrade
+		// or a node restart: nothing is undone.
+		m.createAgentDaemonSet(t)
+		m.stopGracefully(t, nodeA, "cni-agent")
+		if !hasPlugin(conflistA) {
+			t.Fatalf("%s lost %s when the agent exited with its DaemonSet in place", conflistA, install.PluginType)
+		}
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatalf("plugin binary after the agent exited with its DaemonSet in place: %v", err)
+		}
+		m.waitCaptured(t, client, true)
+		m.requireAgentLog(t, nodeA, "still in place (an upgrade or a node restart)")
+		m.relaunch(m.procs[nodeA]["cni-agent"])
+		m.waitNodeReady(ctx, nodeA)
+
+		// helm uninstall: the DaemonSet goes, then its pods.
+		m.deleteAgentDaemonSet(t)
 		pods := m.runningPods(t, "kagent")
 		for _, node := range []string{nodeA, nodeB} {
 			m.stopGracefully(t, node, "cni-agent")
+			m.requireAgentLog(t, node, "the agent's DaemonSet is gone: uninstalling")
 		}
 		for _, p := range pods {
 			m.waitCaptured(t, p, false)
@@ -150,7 +172,6 @@ func TestKubeAgentLifecycle(t *testing.T) {
 				t.Errorf("%s still names %s after the uninstall", path, install.PluginType)
 			}
 		}
-		bin := filepath.Join(m.dir, "cni-bin", install.PluginType)
 		if _, err := os.Stat(bin); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s after the uninstall: %v, want it removed", bin, err)
 		}
@@ -218,6 +239,55 @@ func (m *mesh) requireMTLS(t *testing.T, node, namespace, sa string) {
 		"connection_security_policy": "mutual_tls"}
 	if !hasMetric(text, "istio_tcp_connections_opened_total", want) {
 		t.Fatalf("%s's ztunnel counted no inbound mTLS connection %v:\n%s", node, want, text)
+	}
+}
+
+// createAgentDaemonSet creates the cni-agents' DaemonSet object (the agents
+// run as test-node processes; its pods stay unscheduled, as the cluster
+// has no scheduler); Cleanup deletes it.
+func (m *mesh) createAgentDaemonSet(t *testing.T) {
+	t.Helper()
+	labels := map[string]string{"app": agentDaemonSet}
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: systemNS, Name: agentDaemonSet},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					HostNetwork: true, ServiceAccountName: agentSA,
+					NodeSelector: map[string]string{"kubernetes.io/os": "linux"},
+					Containers:   []corev1.Container{{Name: "cni-agent", Image: "ambit/cni-agent"}},
+				},
+			},
+		},
+	}
+	if _, err := m.c.Client.AppsV1().DaemonSets(systemNS).Create(context.Background(), ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = m.c.Client.AppsV1().DaemonSets(systemNS).Delete(context.Background(), agentDaemonSet, metav1.DeleteOptions{})
+	})
+}
+
+// deleteAgentDaemonSet deletes the DaemonSet and waits until it is gone.
+func (m *mesh) deleteAgentDaemonSet(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), convergeWithin)
+	defer cancel()
+	dss := m.c.Client.AppsV1().DaemonSets(systemNS)
+	if err := dss.Delete(ctx, agentDaemonSet, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := cluster.Eventually(ctx, "DaemonSet "+agentDaemonSet+" gone", func(ctx context.Context) error {
+		_, err := dss.Get(ctx, agentDaemonSet, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (%v)", err)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -31,10 +31,14 @@ import (
 
 // Fixed parts of the test mesh.
 const (
-	nodeA, nodeB   = "node-a", "node-b"
-	systemNS       = "istio-system"
-	ztunnelSA      = "ztunnel"
-	agentSA        = "ambit-cni"
+	nodeA, nodeB = "node-a", "node-b"
+	systemNS     = "istio-system"
+	ztunnelSA    = "ztunnel"
+	agentSA      = "ambit-cni"
+	// agentDaemonSet is the cni-agents' DaemonSet (--daemonset): while it
+	// exists an agent's exit leaves the node as it is; without it, the
+	// agent uninstalls itself.
+	agentDaemonSet = "ambit-cni-node"
 	trustDomain    = "cluster.local"
 	istiodPort     = 15012
 	istiodReady    = 8080
@@ -146,6 +150,9 @@ func (m *mesh) createSystem(ctx context.Context) {
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "patch"}},
 			{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "list", "watch"}},
+			// --daemonset: is this exit an uninstall?
+			{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
 		},
 	}
 	if _, err := cl.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -250,7 +257,7 @@ func (m *mesh) startNode(ctx context.Context, node string) {
 		"--node", node, "--pod-source", "kubernetes", "--kubeconfig", agentKC,
 		"--agent-socket", filepath.Join(nd, "cni-agent.sock"), "--zds-socket", zds,
 		"--cni-bin-dir", filepath.Join(m.dir, "cni-bin"), "--cni-conf-dir", m.nodes.NetD(node),
-		"--plugin-binary", filepath.Join(m.bin, "ambit-cni"), "--uninstall-on-exit", "--log-level", "debug",
+		"--plugin-binary", filepath.Join(m.bin, "ambit-cni"), "--daemonset", systemNS + "/" + agentDaemonSet, "--log-level", "debug",
 	})
 	zargs := []string{
 		"--node", node, "--zds-socket", zds, "--trust-domain", trustDomain,

@@ -300,3 +300,31 @@ func (s noNetnsSource) Pods() ([]agent.Pod, bool) {
 	}
 	return pods, synced
 }
+
+// TestProcNetnsFinderHostProc reads another /proc (the host's mounted in
+// the agent's container): a made-up one whose ns/net links point at a
+// real namespace.
+func TestProcNetnsFinderHostProc(t *testing.T) {
+	netnstest.RequireRoot(t)
+	const uid = "0e1e2e3e-1111-4222-8333-444444444444"
+	netnstest.New(t, prefix+"hostproc").Close()
+	target := netns.Path(prefix + "hostproc")
+	proc := t.TempDir()
+	dir := filepath.Join(proc, "4242")
+	if err := os.MkdirAll(filepath.Join(dir, "ns"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(dir, "ns", "net")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup"), []byte("0::/kubepods/besteffort/pod"+uid+"/pause\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path, err := agent.ProcNetnsFinder{Proc: proc}.FindNetns(context.Background(), agent.Pod{UID: uid, Name: "a", Namespace: "demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != filepath.Join(dir, "ns", "net") || nsID(t, path) != nsID(t, target) {
+		t.Fatalf("found %s, want %s/ns/net (%s)", path, dir, target)
+	}
+}

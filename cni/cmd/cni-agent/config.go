@@ -46,6 +46,9 @@ const (
 	// FlagDaemonSet names the agent's own DaemonSet (namespace/name): at
 	// exit the agent uninstalls itself from the node when it is gone.
 	FlagDaemonSet = "daemonset"
+	// FlagHostProc is the host's /proc as the agent sees it: where it
+	// finds pods' processes (their cgroups and network namespaces).
+	FlagHostProc = "host-proc"
 )
 
 // Environment variables, read as defaults that flags override.
@@ -66,6 +69,7 @@ const (
 	EnvPodWait         = "AMBIT_POD_WAIT"
 	EnvZtunnelWait     = "AMBIT_ZTUNNEL_WAIT"
 	EnvDaemonSet       = "AMBIT_DAEMONSET"
+	EnvHostProc        = "AMBIT_HOST_PROC"
 )
 
 // Pod sources.
@@ -106,6 +110,8 @@ type Config struct {
 	TrustNetnsAnnotation bool
 	// DaemonSet: see FlagDaemonSet; zero when not set.
 	DaemonSet types.NamespacedName
+	// HostProc: see FlagHostProc.
+	HostProc string
 }
 
 // parseConfig parses args over the environment (getenv) and validates the
@@ -141,6 +147,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	fs.StringVar(&ztWait, FlagZtunnelWait, env(EnvZtunnelWait, DefaultZtunnelWait.String()), "how long an enroll waits for ztunnel to connect (env "+EnvZtunnelWait+")")
 	fs.BoolVar(&c.TrustNetnsAnnotation, FlagTrustNetnsAnnotation, false, "test nodes only, with --"+FlagPodSource+" "+PodSourceKubernetes+": accept a pod's netns that no pod's process runs in when the pod's annotation "+agent.NetnsAnnotation+" names it (anyone who can patch the pod can write it)")
 	fs.StringVar(&daemonSet, FlagDaemonSet, env(EnvDaemonSet, ""), "with --"+FlagPodSource+" "+PodSourceKubernetes+": the agent's DaemonSet as namespace/name; at exit the agent uninstalls itself from the node (as --"+FlagUninstallOnExit+") when the DaemonSet is gone, being deleted, unreadable or no longer selects the node; RBAC: daemonsets get (env "+EnvDaemonSet+")")
+	fs.StringVar(&c.HostProc, FlagHostProc, env(EnvHostProc, "/proc"), "with --"+FlagPodSource+" "+PodSourceKubernetes+": the host's /proc (the agent's own with hostPID, or the host's mounted e.g. at /host/proc), where it finds pods' processes by cgroup (env "+EnvHostProc+")")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -167,6 +174,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 		{FlagPluginBinary, EnvPluginBinary, &c.PluginBinary, false},
 		{FlagClusterState, EnvClusterState, &c.ClusterState, true},
 		{FlagKubeconfig, EnvKubeconfig, &c.Kubeconfig, true},
+		{FlagHostProc, EnvHostProc, &c.HostProc, false},
 	} {
 		if *p.v == "" {
 			if !p.optional {

@@ -44,6 +44,7 @@ func TestParseConfigLocalMode(t *testing.T) {
 		PodSource: "local", ClusterState: "/s/cluster.json", CNIBinDir: "/s/cni/bin", CNIConfDir: "/s/nodes/node-a/net.d",
 		PluginBinary: filepath.Join(filepath.Dir(exe), "ambit-cni"), Capture: "auto", HealthAddr: "127.0.0.1:8000",
 		LogLevel: slog.LevelDebug, UninstallOnExit: true, PodWait: DefaultPodWait, ZtunnelWait: DefaultZtunnelWait,
+		HostProc: "/proc",
 	}
 	if c != want {
 		t.Errorf("got  %+v\nwant %+v", c, want)
@@ -68,6 +69,10 @@ func TestParseConfigKubernetes(t *testing.T) {
 	}, exe, io.Discard)
 	if err != nil || c.DaemonSet.Namespace != "istio-system" || c.DaemonSet.Name != "ambit-cni-node" {
 		t.Errorf("%s: %+v %v", EnvDaemonSet, c.DaemonSet, err)
+	}
+	c, err = parseConfig([]string{"--node", "node-a", "--pod-source", "kubernetes", "--host-proc", "/host/proc"}, noEnv, exe, io.Discard)
+	if err != nil || c.HostProc != "/host/proc" {
+		t.Errorf("--host-proc: %q %v", c.HostProc, err)
 	}
 	// No kubeconfig: in-cluster config.
 	env := map[string]string{EnvNode: "n", EnvPodSource: "kubernetes"}

@@ -100,7 +100,7 @@ func netnsVerifier(cfg Config, log *slog.Logger) agent.NetnsVerifier {
 	if cfg.PodSource == PodSourceLocal {
 		return agent.RecordVerifier{Record: "local mode's cluster state " + cfg.ClusterState}
 	}
-	v := agent.ProcVerifier{}
+	v := agent.ProcVerifier{Proc: cfg.HostProc}
 	if cfg.TrustNetnsAnnotation {
 		log.Warn("trusting pod annotation "+agent.NetnsAnnotation+" for netns no pod's process runs in; only for test nodes", "flag", "--"+FlagTrustNetnsAnnotation)
 		v.Fallback = agent.RecordVerifier{Record: "pod annotation " + agent.NetnsAnnotation}
@@ -176,7 +176,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	var finder agent.NetnsFinder
 	if cfg.PodSource == PodSourceKubernetes {
-		finder = agent.ProcNetnsFinder{}
+		finder = agent.ProcNetnsFinder{Proc: cfg.HostProc}
 	}
 	var zdsServing atomic.Bool
 	a, err = agent.New(agent.Config{

@@ -91,6 +91,29 @@ func TestKubeAgentLifecycle(t *testing.T) {
 		t.Logf("node-a's cni-agent put %s back %v after the conflist was rewritten without it", install.PluginType, time.Since(start).Round(time.Microsecond))
 	})
 
+	t.Run("PodStartedWithoutPluginCaptured", func(t *testing.T) {
+		// A pod whose ADD ran the chain without ambit-cni (the conflist
+		// rewritten by the primary CNI at that moment) starts uncaptured;
+		// the agent captures it from /proc as soon as it runs.
+		m.createPod(ctx, "kagent", "racer", nodeA, nil, func(p *corev1.Pod) {
+			p.Annotations = map[string]string{testnode.WithoutAmbitCNIAnnotation: "true"}
+		})
+		wctx, cancel := context.WithTimeout(ctx, convergeWithin)
+		defer cancel()
+		racer, err := m.nodes.WaitRunning(wctx, "kagent", "racer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules, marked := m.waitAllCaptured(t, []*corev1.Pod{racer}, time.Now(), enrollCaptureWithin)
+		t.Logf("pod started without ambit-cni: capture rules in place %v after it was seen running, marked %v after", rules.Round(time.Millisecond), marked.Round(time.Millisecond))
+		if rules > time.Second {
+			t.Errorf("capture rules in place %v after the pod ran, want within a second", rules)
+		}
+		m.requireAgentLog(t, nodeA, `msg="pod captured by reconcile"`, " pod=racer ", " netns=/proc/")
+		m.mustGet(t, racer, serverURL, convergeWithin)
+		m.requireMTLS(t, nodeB, "kagent", "racer")
+	})
+
 	t.Run("NodeRestartFailsClosed", func(t *testing.T) {
 		cniLog := m.nodes.LogPath("cni-" + nodeA)
 		logStart := fileSize(cniLog)

@@ -197,8 +197,9 @@ func (m *mesh) pod(ctx context.Context, namespace, name, node string, command []
 	return got
 }
 
-// createPod creates the pod of m.pod without waiting for it.
-func (m *mesh) createPod(ctx context.Context, namespace, name, node string, command []string) {
+// createPod creates the pod of m.pod, changed by mods, without waiting
+// for it.
+func (m *mesh) createPod(ctx context.Context, namespace, name, node string, command []string, mods ...func(*corev1.Pod)) {
 	m.t.Helper()
 	if _, err := m.c.CreateServiceAccount(ctx, namespace, name); err != nil && !apierrors.IsAlreadyExists(err) {
 		m.t.Fatal(err)
@@ -209,6 +210,9 @@ func (m *mesh) createPod(ctx context.Context, namespace, name, node string, comm
 			NodeName: node, ServiceAccountName: name, AutomountServiceAccountToken: new(false),
 			Containers: []corev1.Container{{Name: "app", Image: "ambit/echo", Command: command}},
 		},
+	}
+	for _, mod := range mods {
+		mod(p)
 	}
 	// The service account admission needs the account in its cache.
 	if err := cluster.Eventually(ctx, "creating pod "+namespace+"/"+name, func(ctx context.Context) error {

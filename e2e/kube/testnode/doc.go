@@ -40,7 +40,10 @@
 //     NetworkName, in NetD(node)) once the node's cni-agent has appended
 //     ambit-cni to it, with K8S_POD_* arguments, from inside the node's
 //     namespace, as a runtime would. A failed ADD is retried with backoff
-//     and the pod stays Pending (fail closed).
+//     and the pod stays Pending (fail closed). A pod annotated
+//     WithoutAmbitCNIAnnotation gets the chain without ambit-cni, as if
+//     the runtime had read the conflist while the primary CNI had
+//     rewritten it.
 //   - The command is spec.containers[0].command plus args; the program is
 //     looked up in Options.BinDir, then in PATH. It runs in the pod's netns
 //     via nsenter with POD_NAME, POD_NAMESPACE and the container's literal

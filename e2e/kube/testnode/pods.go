@@ -49,6 +49,12 @@ type runningPod struct {
 	cgroup                          string // the pod's cgroup dir; "" for host-network pods
 }
 
+// WithoutAmbitCNIAnnotation, set to "true" on a pod, makes its CNI ADD run
+// the node's chain without ambit-cni: as a runtime that read the conflist
+// in the moment the primary CNI had rewritten it without ambit-cni, before
+// the cni-agent put it back. The pod starts uncaptured.
+const WithoutAmbitCNIAnnotation = "testnode.ambit.dev/without-ambit-cni"
+
 // PodNetns is the network namespace of the pod with this UID.
 func PodNetns(uid types.UID) string { return NetnsPrefix + "pod-" + string(uid) }
 
@@ -205,6 +211,11 @@ func (n *Nodes) startPod(ctx context.Context, pod *corev1.Pod) (*runningPod, err
 	cancel()
 	if err != nil {
 		return fail(err)
+	}
+	if pod.Annotations[WithoutAmbitCNIAnnotation] == "true" {
+		short := *list
+		short.Plugins = slices.DeleteFunc(slices.Clone(list.Plugins), func(p *libcni.NetworkConfig) bool { return p.Network.Type == local.AmbitCNIType })
+		list = &short
 	}
 	ips, err := n.cni(ctx, rp, list, true)
 	if err != nil {

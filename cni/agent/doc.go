@@ -51,8 +51,9 @@
 // attribute (ErrNetnsNoProcess). Enroll, and only Enroll, accepts such a
 // netns as unverified, when no tracked pod holds it; Run checks it again
 // every Config.VerifyInterval: a process of the pod verifies it; a
-// process of another pod, or of no pod, releases the pod (rules removed,
-// ztunnel told). The reasoning: the path comes from the runtime over the
+// process of another pod releases the pod (rules removed, ztunnel told);
+// a process of no pod (privileged: it entered the netns; e.g. the
+// sandbox's own, before it joins the pod's cgroup) changes nothing. The reasoning: the path comes from the runtime over the
 // agent's socket (root only), not from a pod annotation; a netns that no
 // process runs in and no other pod's capture holds can send no traffic,
 // so what ztunnel does for it under the pod's identity carries no other

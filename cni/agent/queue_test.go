@@ -158,6 +158,16 @@ func TestEnrollBeforeSandbox(t *testing.T) {
 	}
 	e.requireNoRules(idle)
 
+	// A process of no pod in ok's netns (as a sandbox process before it
+	// joins its pod's cgroup): neither verified nor released.
+	startIn(t, filepath.Base(ok.Netns))
+	deadline := time.Now().Add(5 * agent.DefaultVerifyInterval)
+	for time.Now().Before(deadline) {
+		if !captured(e.agent, ok.UID) || !slices.Contains(e.agent.Unverified(), ok.UID) {
+			t.Fatalf("a process of no pod in ok's netns changed it: captured %v, unverified %v", e.agent.Captured(), e.agent.Unverified())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	// ok's sandbox starts: verified, still captured.
 	podProcess(t, ok, ok.UID)
 	start := time.Now()

@@ -107,10 +107,12 @@ func (a *Agent) captureRunning(ctx context.Context, p Pod) error {
 }
 
 // reverify checks again a netns accepted on CNI ADD before any process
-// ran in it: a process of the pod verifies it; none yet keeps it
-// unverified (recheck); anything else (a process of another pod, or of no
-// pod) releases the pod: its rules are removed and ztunnel drops it. The
-// caller holds the pod's lock.
+// ran in it: a process of the pod verifies it; a process of another pod
+// releases the pod (its rules are removed and ztunnel drops it); no
+// process of any pod yet keeps it unverified (recheck). A process of no
+// pod (only a privileged one can enter a netns) neither verifies nor
+// releases: a process being started for the sandbox may enter the netns
+// before its pod's cgroup. The caller holds the pod's lock.
 func (a *Agent) reverify(ctx context.Context, t tracked) (recheck bool, err error) {
 	log := a.log.With("pod", t.pod.Name, "namespace", t.pod.Namespace, "uid", t.pod.UID, "netns", t.netns)
 	verr := a.cfg.Verifier.VerifyNetns(ctx, t.pod, t.netns, t.id)
@@ -124,10 +126,10 @@ func (a *Agent) reverify(ctx context.Context, t tracked) (recheck bool, err erro
 		a.mu.Unlock()
 		log.Info("pod's netns verified: its sandbox process runs in it")
 		return false, nil
-	case errors.Is(verr, ErrNetnsNoProcess):
+	case errors.Is(verr, ErrNetnsNoPodProcess):
 		return true, nil
 	}
-	log.Error("releasing pod: the netns its CNI ADD named is used by a process that is not the pod's", "error", verr)
+	log.Error("releasing pod: the netns its CNI ADD named is used by another pod's process", "error", verr)
 	if err := a.releaseLocked(ctx, t.pod.UID, t.pod.Key(), ""); err != nil {
 		return false, errors.Join(verr, err)
 	}

@@ -112,6 +112,7 @@ func TestKubeAgentLifecycle(t *testing.T) {
 		m.requireAgentLog(t, nodeA, `msg="pod captured by reconcile"`, " pod=racer ", " netns=/proc/")
 		m.mustGet(t, racer, serverURL, convergeWithin)
 		m.requireMTLS(t, nodeB, "kagent", "racer")
+		m.requireNoPlaintext(t, nodeB, "kagent", "racer")
 	})
 
 	t.Run("NodeRestartFailsClosed", func(t *testing.T) {
@@ -155,6 +156,7 @@ func TestKubeAgentLifecycle(t *testing.T) {
 		m.waitCaptured(t, client, true) // captured before the restart: still
 		m.mustGet(t, late, serverURL, convergeWithin)
 		m.requireMTLS(t, nodeB, "kagent", "late")
+		m.requireNoPlaintext(t, nodeB, "kagent", "late")
 		m.mustGet(t, client, serverURL, convergeWithin)
 		// ADD ran before the pod's process existed (containerd's order):
 		// accepted unverified, then verified by the sandbox's cgroup.
@@ -332,6 +334,21 @@ func (m *mesh) requireAgentLog(t *testing.T, node string, parts ...string) {
 		}
 	}
 	t.Fatalf("no line of %s holds %q", path, parts)
+}
+
+// requireNoPlaintext asserts node's ztunnel counted no inbound plaintext
+// connection from the workload namespace/name.
+func (m *mesh) requireNoPlaintext(t *testing.T, node, namespace, name string) {
+	t.Helper()
+	text, err := m.nodeGet(context.Background(), node, "http://127.0.0.1:15020/stats/prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"reporter": "destination", "connection_security_policy": "none",
+		"source_workload": name, "source_workload_namespace": namespace}
+	if hasMetric(text, "istio_tcp_connections_opened_total", want) {
+		t.Fatalf("%s's ztunnel counted a plaintext connection from %s/%s: it left uncaptured", node, namespace, name)
+	}
 }
 
 // runningPods lists the pods of a namespace.

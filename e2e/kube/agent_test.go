@@ -316,24 +316,31 @@ func (m *mesh) deleteAgentDaemonSet(t *testing.T) {
 	}
 }
 
-// requireAgentLog asserts a line of node's cni-agent log holds every part.
+// requireAgentLog waits up to convergeWithin for a line of node's
+// cni-agent log holding every part.
 func (m *mesh) requireAgentLog(t *testing.T, node string, parts ...string) {
 	t.Helper()
 	path := m.nodes.LogPath("cni-agent-" + node)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(string(data)) {
-		all := true
-		for _, p := range parts {
-			all = all && strings.Contains(line, p)
+	deadline := time.Now().Add(convergeWithin)
+	for {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if all {
-			return
+		for line := range strings.Lines(string(data)) {
+			all := true
+			for _, p := range parts {
+				all = all && strings.Contains(line, p)
+			}
+			if all {
+				return
+			}
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line of %s holds %q after %v", path, parts, convergeWithin)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("no line of %s holds %q", path, parts)
 }
 
 // requireNoPlaintext asserts node's ztunnel counted no inbound plaintext

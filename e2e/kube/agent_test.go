@@ -69,8 +69,11 @@ func TestKubeAgentLifecycle(t *testing.T) {
 		if rules > time.Second {
 			t.Errorf("capture rules in place %v after the label, want within a second", rules)
 		}
-		m.mustGet(t, client, serverURL, convergeWithin)
-		m.requireMTLS(t, nodeB, "kagent", "client")
+		// Until istiod has pushed the server's new mark (its workload's
+		// HBONE tunnel) to node-a's ztunnel, the client's captured calls
+		// may still go out plaintext; then they are mTLS.
+		mtls := m.waitMTLS(t, client, serverURL, nodeB, start)
+		t.Logf("mTLS from kagent/client to kagent/server seen by node-b's ztunnel %v after the label", mtls.Round(time.Millisecond))
 		// Found from /proc, not from the annotation the agents ignore.
 		m.requireAgentLog(t, nodeA, `msg="pod captured by reconcile"`, " pod=client ", " namespace=kagent ", " netns=/proc/")
 	})
@@ -250,6 +253,34 @@ func (m *mesh) waitAllCaptured(t *testing.T, pods []*corev1.Pod, start time.Time
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// waitMTLS makes GETs from the pod to url until node's ztunnel has
+// counted an inbound mTLS connection from the pod's identity, failing
+// after convergeWithin; it returns the time since start.
+func (m *mesh) waitMTLS(t *testing.T, from *corev1.Pod, url, node string, start time.Time) time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), convergeWithin)
+	defer cancel()
+	want := map[string]string{"reporter": "destination", "connection_security_policy": "mutual_tls",
+		"source_principal": mustID(t, from.Namespace, from.Name).String()}
+	err := cluster.Eventually(ctx, fmt.Sprintf("mTLS from %s/%s seen by %s's ztunnel", from.Namespace, from.Name, node), func(ctx context.Context) error {
+		if _, err := get(ctx, from.Annotations[agent.NetnsAnnotation], url, 2*time.Second); err != nil {
+			return err
+		}
+		text, err := m.nodeGet(ctx, node, "http://127.0.0.1:15020/stats/prometheus")
+		if err != nil {
+			return err
+		}
+		if !hasMetric(text, "istio_tcp_connections_opened_total", want) {
+			return fmt.Errorf("no inbound connection %v counted yet", want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return time.Since(start)
 }
 
 // requireMTLS asserts node's ztunnel counted an inbound mTLS (HBONE)

@@ -48,6 +48,11 @@ type Options struct {
 	// flags (a repeated flag overrides the earlier value).
 	APIServerArgs         []string
 	ControllerManagerArgs []string
+	// Scheduler also starts kube-scheduler (built by ../build.sh like the
+	// rest), for tests with real kubelets (DaemonSet and Deployment pods
+	// need it). SchedulerArgs are appended to its built-in flags.
+	Scheduler     bool
+	SchedulerArgs []string
 	// Keep leaves Dir on disk after Stop (AMBIT_KUBE_KEEP=1 does the same).
 	Keep bool
 }
@@ -80,6 +85,7 @@ type Cluster struct {
 	// Binaries are the programs this cluster runs.
 	Binaries Binaries
 
+	pki      *pki
 	keep     bool
 	procs    []*process // in start order
 	stopOnce sync.Once
@@ -105,7 +111,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 3 * time.Minute
 	}
-	bins, err := EnsureBinaries(ctx, opts.Version, opts.Progress)
+	bins, err := ensureBinaries(ctx, opts.Version, opts.Progress, opts.Scheduler)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +155,7 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 	if err != nil {
 		return nil, err
 	}
-	c.CAPEM, c.CAFile = p.caPEM, p.caCert
+	c.CAPEM, c.CAFile, c.pki = p.caPEM, p.caCert, p
 
 	c.AdminToken, err = randomToken()
 	if err != nil {
@@ -211,6 +217,11 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 		"--endpoint-reconciler-type=none",
 		"--allow-privileged=true",
 		"--profiling=false",
+		// Logs, exec and port-forward: the API server calls kubelets at
+		// their InternalIP with this client certificate.
+		"--kubelet-client-certificate=" + p.kubeletCert,
+		"--kubelet-client-key=" + p.kubeletKey,
+		"--kubelet-preferred-address-types=InternalIP",
 	}, opts.APIServerArgs...)
 	api, err := c.startProcess("kube-apiserver", bins.APIServer, apiArgs)
 	if err != nil {
@@ -284,9 +295,42 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 		return nil, err
 	}
 	phase("kube-controller-manager")
+
+	if opts.Scheduler {
+		if err := c.startScheduler(ctx, opts.SchedulerArgs); err != nil {
+			return nil, err
+		}
+		phase("kube-scheduler")
+	}
 	fmt.Fprintf(opts.Progress, "e2e/kube: cluster %s up in %s (ready at: %s)\n",
 		c.Server, time.Since(begin).Round(time.Millisecond), strings.Join(phases, ", "))
 	return c, nil
+}
+
+// startScheduler starts kube-scheduler and waits until it holds its lease:
+// from then on it binds pending pods.
+func (c *Cluster) startScheduler(ctx context.Context, extra []string) error {
+	kubeconfig := filepath.Join(c.Dir, "scheduler.kubeconfig")
+	if err := writeKubeconfig(kubeconfig, c.Server, c.pki.caCert, "system:kube-scheduler", c.pki.schedCert, c.pki.schedKey); err != nil {
+		return err
+	}
+	args := append([]string{
+		"--kubeconfig=" + kubeconfig,
+		"--authentication-kubeconfig=" + kubeconfig,
+		"--authorization-kubeconfig=" + kubeconfig,
+		"--bind-address=127.0.0.1",
+		"--secure-port=0",
+		"--kube-api-qps=200",
+		"--kube-api-burst=400",
+	}, extra...)
+	sched, err := c.startProcess("kube-scheduler", c.Binaries.Scheduler, args)
+	if err != nil {
+		return err
+	}
+	return pollReady(ctx, sched, "kube-scheduler (Lease kube-system/kube-scheduler)", func(ctx context.Context) error {
+		_, err := c.Client.CoordinationV1().Leases("kube-system").Get(ctx, "kube-scheduler", metav1.GetOptions{})
+		return err
+	})
 }
 
 func (c *Cluster) startProcess(name, bin string, args []string) (*process, error) {
@@ -422,8 +466,14 @@ func FreePorts(n int) ([]int, error) {
 }
 
 func writeKubeconfig(path, server, caFile, user, certFile, keyFile string) error {
+	return writeKubeconfigTLS(path, server, caFile, "", user, certFile, keyFile)
+}
+
+// writeKubeconfigTLS is writeKubeconfig checking the server's certificate
+// under tlsServerName when not empty.
+func writeKubeconfigTLS(path, server, caFile, tlsServerName, user, certFile, keyFile string) error {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["ambit-e2e"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: caFile}
+	cfg.Clusters["ambit-e2e"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: caFile, TLSServerName: tlsServerName}
 	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificate: certFile, ClientKey: keyFile}
 	cfg.Contexts["ambit-e2e"] = &clientcmdapi.Context{Cluster: "ambit-e2e", AuthInfo: user}
 	cfg.CurrentContext = "ambit-e2e"

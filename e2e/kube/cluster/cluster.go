@@ -53,6 +53,12 @@ type Options struct {
 	// need it). SchedulerArgs are appended to its built-in flags.
 	Scheduler     bool
 	SchedulerArgs []string
+	// NodeLifecycle runs the node lifecycle controller, off by default
+	// because test nodes post no heartbeats. Clusters with real kubelets
+	// need it: it removes the not-ready taint kubelets register with.
+	// (--controllers in ControllerManagerArgs cannot re-enable it: the
+	// flag is a list, and a repeated list flag appends.)
+	NodeLifecycle bool
 	// Keep leaves Dir on disk after Stop (AMBIT_KUBE_KEEP=1 does the same).
 	Keep bool
 }
@@ -262,7 +268,7 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 	}
 
 	// kube-controller-manager
-	kcmArgs := append([]string{
+	kcmArgs := []string{
 		"--kubeconfig=" + kcmKubeconfig,
 		"--authentication-kubeconfig=" + kcmKubeconfig,
 		"--authorization-kubeconfig=" + kcmKubeconfig,
@@ -275,13 +281,15 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 		"--cluster-signing-cert-file=" + p.caCert,
 		"--cluster-signing-key-file=" + p.caKey,
 		"--service-cluster-ip-range=" + ServiceCIDR,
-		// No kubelet posts node heartbeats: the node lifecycle controller
-		// would mark every test node's pods NotReady after ~50s. A test
-		// running real kubelets passes --controllers=* to have it back.
-		"--controllers=*,-node-lifecycle-controller",
 		"--kube-api-qps=200",
 		"--kube-api-burst=400",
-	}, opts.ControllerManagerArgs...)
+	}
+	if !opts.NodeLifecycle {
+		// Test nodes post no heartbeats: the node lifecycle controller
+		// would mark their pods NotReady after ~50s.
+		kcmArgs = append(kcmArgs, "--controllers=*,-node-lifecycle-controller")
+	}
+	kcmArgs = append(kcmArgs, opts.ControllerManagerArgs...)
 	kcm, err := c.startProcess("kube-controller-manager", bins.ControllerManager, kcmArgs)
 	if err != nil {
 		return nil, err

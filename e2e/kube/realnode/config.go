@@ -53,9 +53,10 @@ func WriteBridgeConflist(confDir string, pods netip.Prefix) error {
 
 // containerdConfig is containerd's config.toml (version 3) for a node: its
 // own root, state, sockets and runc root; the CRI plugin with the given CNI
-// dirs, the pinned sandbox image, pod netns mounts under its state dir and
-// the loopback done internally (no loopback plugin is needed); plugins that
-// would touch fixed host paths disabled.
+// dirs, the pinned sandbox image, pod netns mounts under its state dir,
+// oom_score_adj clamped to its own, and the loopback done internally (no
+// loopback plugin is needed); plugins that would touch fixed host paths
+// disabled.
 func containerdConfig(root, state, socket, runcBin, cniBin, cniConf, snapshotter string) string {
 	q := strconv.Quote
 	return strings.Join([]string{
@@ -82,6 +83,10 @@ func containerdConfig(root, state, socket, runcBin, cniBin, cniConf, snapshotter
 		``,
 		`[plugins.'io.containerd.cri.v1.runtime']`,
 		`  netns_mounts_under_state_dir = true`,
+		// The host withholds CAP_SYS_RESOURCE: no process may lower its
+		// oom_score_adj, and runc fails a sandbox at -998 ("can't get final
+		// child's PID from pipe: EOF"). Clamp to containerd's own value.
+		`  restrict_oom_score_adj = true`,
 		`  cdi_spec_dirs = []`,
 		`[plugins.'io.containerd.cri.v1.runtime'.containerd]`,
 		`  default_runtime_name = "runc"`,
@@ -160,6 +165,7 @@ func kubeletConfig(p kubeletParams) ([]byte, error) {
 		"syncFrequency":                "10s",
 		"fileCheckFrequency":           "5s",
 		"maxPods":                      110,
+		"oomScoreAdj":                  0, // not lower: no CAP_SYS_RESOURCE here
 		"shutdownGracePeriod":          "0s",
 		"logging":                      map[string]any{"format": "text", "verbosity": 1},
 	}

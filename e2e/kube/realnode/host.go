@@ -391,11 +391,15 @@ func teardown(node string, keepData bool) error {
 			errs = append(errs, netns.Delete(ns))
 		}
 	}
+	// Deleting a netns deletes its veth pair; a link left without one (a
+	// crash between creating the two) goes here.
 	links, err := hostLinks()
 	errs = append(errs, err)
 	for _, l := range links {
 		if node == "" || l == Prefix+node {
-			errs = append(errs, run("ip", "link", "del", l))
+			if err := run("ip", "link", "del", l); err != nil && linkExists(l) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	errs = append(errs, removeCgroups(cg))
@@ -411,7 +415,21 @@ func teardown(node string, keepData bool) error {
 	if !keepData {
 		errs = append(errs, os.RemoveAll(data))
 	}
+	if node != "" { // the parents, once no node is left in them
+		_ = syscall.Rmdir(RunRoot)
+		_ = syscall.Rmdir(DataRoot)
+		if mounts, err := cgroupMounts(); err == nil {
+			for _, m := range mounts {
+				_ = syscall.Rmdir(filepath.Join(m, CgroupName))
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+func linkExists(name string) bool {
+	_, err := os.Stat(filepath.Join("/sys/class/net", name))
+	return err == nil
 }
 
 func noNodesLeft() bool {

@@ -28,9 +28,8 @@ import (
 
 func TestMain(m *testing.M) {
 	cluster.Main(m, cluster.Options{
-		Scheduler: true,
-		// Real kubelets post heartbeats: the node lifecycle controller runs.
-		ControllerManagerArgs: []string{"--controllers=*"},
+		Scheduler:     true,
+		NodeLifecycle: true,
 	})
 }
 
@@ -99,8 +98,12 @@ func TestRealNode(t *testing.T) {
 			return err
 		}
 		if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
-			return fmt.Errorf("phase %s, ip %q, node %q, conditions %v, containers %v",
-				p.Status.Phase, p.Status.PodIP, p.Spec.NodeName, p.Status.Conditions, p.Status.ContainerStatuses)
+			var taints []corev1.Taint
+			if node, err := c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{}); err == nil {
+				taints = node.Spec.Taints
+			}
+			return fmt.Errorf("phase %s, ip %q, node %q (taints %v), conditions %v, containers %v",
+				p.Status.Phase, p.Status.PodIP, p.Spec.NodeName, taints, p.Status.Conditions, p.Status.ContainerStatuses)
 		}
 		running = p
 		return nil

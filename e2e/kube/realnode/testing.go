@@ -57,6 +57,11 @@ func StartT(t testing.TB, opts Options) *Node {
 		w.mu.Lock()
 		w.done = true
 		w.mu.Unlock()
+		if t.Failed() {
+			for _, p := range n.procs {
+				t.Logf("%s, last lines of %s:\n%s", p.name, p.logPath, p.tail(40))
+			}
+		}
 		if err := n.Stop(); err != nil {
 			t.Errorf("stopping real node %s: %v", n.Name, err)
 		}

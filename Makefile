@@ -11,10 +11,16 @@ FUZZTIME  ?= 5s
 PKGS      ?= ./...
 CNI_PLUGINS := github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/ipam/host-local
 CNI_PLUGINS_VERSION = $(shell $(GO) list -m -f '{{.Version}}' github.com/containernetworking/plugins)
+# The version the binaries report and the images are tagged with; by default
+# pkg/version.Dev (a test in deploy/images checks they agree).
+VERSION   ?= 0.1.0-dev
+# Registry and path of the image tags <HUB>/<name>:<VERSION>: a placeholder; set your own.
+HUB       ?= localhost/ambit
+VERSION_LDFLAGS := -X github.com/ambit-mesh/ambit/pkg/version.Version=$(VERSION)
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: help deps build test unit fuzz lint generate gen-check e2e bench demo demo-tunnel clean
+.PHONY: help deps build images test unit fuzz lint generate gen-check e2e bench demo demo-tunnel clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,8 +30,11 @@ deps: ## install what the tests need (Debian packages, pinned Go tools), idempot
 
 build: ## build every binary (and the bridge/host-local CNI plugins) into ./bin
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ $$($(GO) list ./... | grep '/cmd/')
+	$(GO) build -ldflags '$(VERSION_LDFLAGS)' -o $(BIN)/ $$($(GO) list ./... | grep '/cmd/')
 	GOBIN=$(BIN) GOFLAGS=-mod=mod GOWORK=off $(GO) install $(addsuffix @$(CNI_PLUGINS_VERSION),$(CNI_PLUGINS))
+
+images: ## build the OCI image tarballs bin/images/<name>.tar (no Docker needed; VERSION, HUB, SOURCE_DATE_EPOCH)
+	$(GO) run ./deploy/images/cmd/ambit-images -out $(BIN)/images -hub '$(HUB)' -version '$(VERSION)'
 
 test: deps lint unit fuzz ## install deps, lint, run all tests and short fuzzing
 
@@ -42,7 +51,7 @@ lint: ## gofmt, go mod tidy, go vet, staticcheck
 	$(GO) vet ./...
 	staticcheck ./...
 
-generate: ## regenerate generated code (bpf2go objects, goldens are per-test with -update)
+generate: ## regenerate generated code (bpf2go objects, the chart's CRDs; goldens are per-test with -update)
 	$(GO) generate ./...
 
 gen-check: generate ## fail when generated code is stale

@@ -47,10 +47,14 @@ var (
 type Options struct {
 	// TrustDomain is the SPIFFE trust domain issued identities must be in.
 	TrustDomain string
-	// CADir holds Istio's cacerts files. When set, StateDir is not used.
+	// CADir holds Istio's cacerts files. When it holds any of them,
+	// RootStore and StateDir are not used.
 	CADir string
-	// StateDir holds the self-signed root when CADir is empty; created 0700
-	// if missing.
+	// RootStore keeps the self-signed root when CADir is empty or holds
+	// no cacerts files; it wins over StateDir.
+	RootStore RootStore
+	// StateDir holds the self-signed root when CADir is empty and no
+	// RootStore is given; created 0700 if missing.
 	StateDir string
 	// Logger receives one line when a root is created or loaded; nil
 	// discards.

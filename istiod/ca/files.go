@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
@@ -24,11 +25,19 @@ const (
 	RootCertFile  = "root-cert.pem"
 )
 
-// LoadOrCreate returns the Authority from opts.CADir, or else the
-// self-signed root persisted in opts.StateDir, creating and persisting it
-// there if the directory holds none. It never overwrites or regenerates an
-// existing root.
+// LoadOrCreate is LoadOrCreateContext with a background context.
 func LoadOrCreate(opts Options) (*Authority, error) {
+	return LoadOrCreateContext(context.Background(), opts)
+}
+
+// LoadOrCreateContext returns the Authority from the cacerts files in
+// opts.CADir; or, when CADir is empty or holds none of those files (an
+// optional Kubernetes Secret that is absent mounts as an empty directory),
+// the self-signed root kept in opts.RootStore, else in opts.StateDir,
+// creating and storing it there if none is kept. It never overwrites or
+// regenerates an existing root. ctx bounds the RootStore's calls. It logs
+// one line saying which root is used.
+func LoadOrCreateContext(ctx context.Context, opts Options) (*Authority, error) {
 	if err := spiffe.ValidateTrustDomain(opts.TrustDomain); err != nil {
 		return nil, err
 	}
@@ -36,13 +45,36 @@ func LoadOrCreate(opts Options) (*Authority, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	switch {
-	case opts.CADir != "":
-		a, err := loadCADir(opts.TrustDomain, opts.CADir, time.Now)
+	if opts.CADir != "" {
+		empty, err := caDirEmpty(opts.CADir)
 		if err != nil {
 			return nil, fmt.Errorf("loading CA from %s: %w", opts.CADir, err)
 		}
-		log.Info("loaded CA", "dir", opts.CADir, "subject", a.signer.Subject.String(), "not_after", a.notAfter)
+		if !empty {
+			a, err := loadCADir(opts.TrustDomain, opts.CADir, time.Now)
+			if err != nil {
+				return nil, fmt.Errorf("loading CA from %s: %w", opts.CADir, err)
+			}
+			log.Info("using the CA from cacerts files", "dir", opts.CADir, "subject", a.signer.Subject.String(), "not_after", a.notAfter)
+			return a, nil
+		}
+		if opts.RootStore == nil && opts.StateDir == "" {
+			return nil, fmt.Errorf("loading CA from %s: %w: the directory holds none of the cacerts files (%s, %s) and no self-signed root is kept elsewhere; put the cacerts files there, or give a state directory or a CA Secret for a self-signed root",
+				opts.CADir, ErrInvalidCA, CACertFile, CAKeyFile)
+		}
+		log.Info("CA directory holds no cacerts files; using the self-signed root", "dir", opts.CADir)
+	}
+	switch {
+	case opts.RootStore != nil:
+		a, created, err := loadOrCreateStore(ctx, opts.TrustDomain, opts.RootStore, time.Now)
+		if err != nil {
+			return nil, fmt.Errorf("self-signed CA in %s: %w", opts.RootStore, err)
+		}
+		if created {
+			log.Info("created self-signed root CA", "store", opts.RootStore.String(), "trust_domain", opts.TrustDomain, "not_after", a.notAfter)
+		} else {
+			log.Info("using the self-signed root CA", "store", opts.RootStore.String(), "subject", a.signer.Subject.String(), "not_after", a.notAfter)
+		}
 		return a, nil
 	case opts.StateDir != "":
 		a, created, err := loadOrCreateState(opts.TrustDomain, opts.StateDir, time.Now)
@@ -52,12 +84,36 @@ func LoadOrCreate(opts Options) (*Authority, error) {
 		if created {
 			log.Info("created self-signed root CA", "dir", opts.StateDir, "trust_domain", opts.TrustDomain, "not_after", a.notAfter)
 		} else {
-			log.Info("loaded self-signed root CA", "dir", opts.StateDir, "not_after", a.notAfter)
+			log.Info("using the self-signed root CA", "dir", opts.StateDir, "subject", a.signer.Subject.String(), "not_after", a.notAfter)
 		}
 		return a, nil
 	default:
-		return nil, fmt.Errorf("%w: neither a CA directory (Istio cacerts files) nor a state directory for a self-signed root was given", ErrInvalidCA)
+		return nil, fmt.Errorf("%w: neither a CA directory (Istio cacerts files) nor a store for a self-signed root (state directory or CA Secret) was given", ErrInvalidCA)
 	}
+}
+
+// caDirEmpty reports whether dir holds none of the cacerts files. A
+// missing dir is an error (a mistyped path must not silently mean "no
+// cacerts"); Kubernetes' hidden "..data" entries of a Secret volume are
+// ignored, and the files may be symlinks into them.
+func caDirEmpty(dir string) (bool, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return false, fmt.Errorf("%w: %v; create the directory (or mount the cacerts Secret there) or drop the CA directory setting", ErrInvalidCA, err)
+	}
+	if !st.IsDir() {
+		return false, fmt.Errorf("%w: %s is not a directory", ErrInvalidCA, dir)
+	}
+	for _, f := range []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile} {
+		ok, err := exists(filepath.Join(dir, f))
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func loadCADir(td, dir string, now func() time.Time) (*Authority, error) {
@@ -167,26 +223,41 @@ func loadOrCreateState(td, dir string, now func() time.Time) (a *Authority, crea
 }
 
 func loadState(td, certPath, keyPath string, now func() time.Time) (*Authority, error) {
-	const reset = "; restore a good copy from a backup, or move %s and %s away to create a new root"
-	certs, err := readCerts(certPath, true)
+	reset := fmt.Sprintf("restore a good copy from a backup, or move %s and %s away to create a new root", CACertFile, CAKeyFile)
+	certData, err := os.ReadFile(certPath)
 	if err != nil {
-		return nil, fmt.Errorf("%w"+reset, err, CACertFile, CAKeyFile)
+		return nil, fmt.Errorf("%w: reading %s: %v; %s", ErrInvalidCA, certPath, err, reset)
+	}
+	keyData, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading %s: %v; %s", ErrInvalidCA, keyPath, err, reset)
+	}
+	return parseSelfSigned(td, certData, keyData, certPath, keyPath, reset, now)
+}
+
+// parseSelfSigned checks and loads a kept self-signed root: one
+// certificate made for td, and its key. certName and keyName name where
+// they were read; reset is the fix appended to every error.
+func parseSelfSigned(td string, certData, keyData []byte, certName, keyName, reset string, now func() time.Time) (*Authority, error) {
+	certs, err := parseCerts(certData, certName, true)
+	if err != nil {
+		return nil, fmt.Errorf("%w; %s", err, reset)
 	}
 	if len(certs) != 1 {
-		return nil, fmt.Errorf("%w: %s holds %d certificates, want 1"+reset, ErrInvalidCA, certPath, len(certs), CACertFile, CAKeyFile)
+		return nil, fmt.Errorf("%w: %s holds %d certificates, want 1; %s", ErrInvalidCA, certName, len(certs), reset)
 	}
-	key, err := readKey(keyPath)
+	key, err := parseKey(keyData, keyName)
 	if err != nil {
-		return nil, fmt.Errorf("%w"+reset, err, CACertFile, CAKeyFile)
+		return nil, fmt.Errorf("%w; %s", err, reset)
 	}
 	cert := certs[0]
 	if !slices.Equal(cert.Subject.Organization, []string{td}) {
-		return nil, fmt.Errorf("%w: the root in %s was made for trust domain %q, not %q; set the trust domain it was made for, or use another state directory",
-			ErrInvalidCA, certPath, firstNonEmpty(cert.Subject.Organization), td)
+		return nil, fmt.Errorf("%w: the root in %s was made for trust domain %q, not %q; set the trust domain it was made for, or keep the root elsewhere",
+			ErrInvalidCA, certName, firstNonEmpty(cert.Subject.Organization), td)
 	}
 	a, err := newAuthority(td, Material{Cert: cert, Key: key}, now)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w"+reset, certPath, err, CACertFile, CAKeyFile)
+		return nil, fmt.Errorf("%s: %w; %s", certName, err, reset)
 	}
 	return a, nil
 }
@@ -211,6 +282,12 @@ func readCerts(path string, required bool) ([]*x509.Certificate, error) {
 		}
 		return nil, fmt.Errorf("%w: reading %s: %v", ErrInvalidCA, path, err)
 	}
+	return parseCerts(data, path, required)
+}
+
+// parseCerts decodes PEM certificates read from name. Empty data yields
+// none unless required.
+func parseCerts(data []byte, name string, required bool) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for rest := data; ; {
 		var b *pem.Block
@@ -219,16 +296,16 @@ func readCerts(path string, required bool) ([]*x509.Certificate, error) {
 			break
 		}
 		if b.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("%w: %s holds a PEM block of type %q; it must hold only CERTIFICATE blocks", ErrInvalidCA, path, b.Type)
+			return nil, fmt.Errorf("%w: %s holds a PEM block of type %q; it must hold only CERTIFICATE blocks", ErrInvalidCA, name, b.Type)
 		}
 		c, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: certificate %d does not parse: %v", ErrInvalidCA, path, len(certs)+1, err)
+			return nil, fmt.Errorf("%w: %s: certificate %d does not parse: %v", ErrInvalidCA, name, len(certs)+1, err)
 		}
 		certs = append(certs, c)
 	}
 	if len(certs) == 0 && (required || len(data) > 0) {
-		return nil, fmt.Errorf("%w: %s holds no PEM certificate; it must hold PEM \"CERTIFICATE\" blocks", ErrInvalidCA, path)
+		return nil, fmt.Errorf("%w: %s holds no PEM certificate; it must hold PEM \"CERTIFICATE\" blocks", ErrInvalidCA, name)
 	}
 	return certs, nil
 }
@@ -238,11 +315,20 @@ func readKey(path string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading %s: %v", ErrInvalidCA, path, err)
 	}
+	return parseKey(data, path)
+}
+
+// parseKey decodes a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) read
+// from name.
+func parseKey(data []byte, name string) (crypto.Signer, error) {
 	b, _ := pem.Decode(data)
 	if b == nil {
-		return nil, fmt.Errorf("%w: %s holds no PEM private key", ErrInvalidCA, path)
+		return nil, fmt.Errorf("%w: %s holds no PEM private key", ErrInvalidCA, name)
 	}
-	var key any
+	var (
+		key any
+		err error
+	)
 	switch b.Type {
 	case "PRIVATE KEY":
 		key, err = x509.ParsePKCS8PrivateKey(b.Bytes)
@@ -251,14 +337,14 @@ func readKey(path string) (crypto.Signer, error) {
 	case "EC PRIVATE KEY":
 		key, err = x509.ParseECPrivateKey(b.Bytes)
 	default:
-		return nil, fmt.Errorf("%w: %s holds a PEM block of type %q; want PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY", ErrInvalidCA, path, b.Type)
+		return nil, fmt.Errorf("%w: %s holds a PEM block of type %q; want PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY", ErrInvalidCA, name, b.Type)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: private key does not parse: %v", ErrInvalidCA, path, err)
+		return nil, fmt.Errorf("%w: %s: private key does not parse: %v", ErrInvalidCA, name, err)
 	}
 	s, ok := key.(crypto.Signer)
 	if !ok {
-		return nil, fmt.Errorf("%w: %s: key type %T cannot sign", ErrInvalidCA, path, key)
+		return nil, fmt.Errorf("%w: %s: key type %T cannot sign", ErrInvalidCA, name, key)
 	}
 	return s, nil
 }

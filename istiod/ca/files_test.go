@@ -279,7 +279,7 @@ func TestCADirErrors(t *testing.T) {
 		files map[string][]byte
 		want  []string
 	}{
-		{"empty dir", nil, []string{"ca-cert.pem", "no such file"}},
+		{"empty dir, no other root", nil, []string{"holds none of the cacerts files", "state directory or a CA Secret"}},
 		{"missing key", map[string][]byte{CACertFile: interPEM, RootCertFile: rootPEM}, []string{"ca-key.pem"}},
 		{"key does not match", map[string][]byte{CACertFile: interPEM, CAKeyFile: pemKey(t, other.interKey), RootCertFile: rootPEM}, []string{"ca-key.pem and", "does not match", "put the key of ca-cert.pem in ca-key.pem"}},
 		{"not a CA", map[string][]byte{CACertFile: pemCert(notCACert), CAKeyFile: pemKey(t, leafKey), RootCertFile: rootPEM}, []string{"ca-cert.pem", "is not a CA"}},

@@ -49,6 +49,17 @@
 // CheckZtunnelNode). ParseNodeID reads Istio's node ID form
 // "<type>~<ip>~<pod>.<namespace>~<domain>".
 //
+// # Sync status
+//
+// Server.Syncz reports every open stream whose node is known (pkg/syncz,
+// served by istiod on /debug/syncz): per subscribed type the nonce of the
+// last response sent (recorded before the send, so an ACK is never seen
+// before its response) and of the last ACKed; SYNCED when they are equal,
+// STALE when the client has not ACKed the last response (or NACKed it),
+// NOT SENT before the first response. The last NACK message is kept until
+// a later response is ACKed. Each stream's goroutine writes its own status
+// under a per-stream lock; Syncz copies it under that lock.
+//
 // # Why not go-control-plane's server and cache
 //
 // go-control-plane's delta server with its LinearCache serves this

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -27,10 +28,12 @@ type stream struct {
 	// publishes into one diff against the latest snapshot.
 	wake chan struct{}
 
-	node      string
-	watches   [numTypes]*watch
-	nonce     uint64
-	lastNonce [numTypes]string
+	node    string
+	watches [numTypes]*watch
+	nonce   uint64
+	// sync is what /debug/syncz reports; the stream's goroutine writes it
+	// under its lock and may read it without.
+	sync syncState
 }
 
 // watch is the subscription of one stream to one type, and what the client
@@ -60,7 +63,9 @@ type watch struct {
 const absent = "\x00absent"
 
 func newStream(s *Server, gs discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, id uint64) *stream {
-	return &stream{srv: s, gs: gs, id: id, log: s.log.With("stream", id), wake: make(chan struct{}, 1)}
+	st := &stream{srv: s, gs: gs, id: id, log: s.log.With("stream", id), wake: make(chan struct{}, 1)}
+	st.sync.connectedAt = time.Now()
+	return st
 }
 
 func (st *stream) wakeUp() {
@@ -131,10 +136,12 @@ func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) {
 	if n := req.GetResponseNonce(); n != "" {
 		if d := req.GetErrorDetail(); d != nil {
 			st.srv.stats.nacks.Add(1)
+			st.sync.nack(idx, d.GetMessage())
 			st.log.Warn("xDS client rejected a response (NACK); it is not resent, the next change of those resources is",
-				"type", typeURLs[idx], "nonce", n, "latest", n == st.lastNonce[idx], "code", d.GetCode(), "message", d.GetMessage())
+				"type", typeURLs[idx], "nonce", n, "latest", n == st.sync.types[idx].sent, "code", d.GetCode(), "message", d.GetMessage())
 		} else {
 			st.srv.stats.acks.Add(1)
+			st.sync.ack(idx, n)
 		}
 	}
 	w := st.watches[idx]
@@ -142,6 +149,7 @@ func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) {
 	if first {
 		w = &watch{names: map[string]string{}, force: map[string]struct{}{}, respond: true}
 		st.watches[idx] = w
+		st.sync.subscribe(idx)
 		if len(req.GetResourceNamesSubscribe()) == 0 {
 			w.wildcard = true // legacy wildcard: first request with no names
 		}
@@ -175,6 +183,7 @@ func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) {
 
 func (st *stream) setNode(n *core.Node) {
 	st.node = n.GetId()
+	st.sync.setNode(n)
 	attrs := []any{"node", n.GetId()}
 	if c := n.GetCluster(); c != "" {
 		attrs = append(attrs, "cluster", c)
@@ -211,7 +220,7 @@ func (st *stream) push() error {
 			}
 			w.have, w.respond, w.lastFull = cur, false, cur.gen+1
 			clear(w.force)
-			st.lastNonce[idx] = fullNonce(cur.gen)
+			st.sync.sent(idx, fullNonce(cur.gen))
 			if err := st.gs.SendMsg(pm); err != nil {
 				return err
 			}
@@ -226,7 +235,6 @@ func (st *stream) push() error {
 		w.respond = false
 		st.nonce++
 		nonce := strconv.FormatUint(st.nonce, 10)
-		st.lastNonce[idx] = nonce
 		resp := &discovery.DeltaDiscoveryResponse{
 			SystemVersionInfo: strconv.FormatUint(snap.gen, 10),
 			TypeUrl:           typeURLs[idx],
@@ -234,6 +242,7 @@ func (st *stream) push() error {
 			RemovedResources:  rms,
 			Nonce:             nonce,
 		}
+		st.sync.sent(idx, nonce) // before Send: the ACK may be read before Send returns
 		if err := st.gs.Send(resp); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/ambit-mesh/ambit/istiod/ambient"
 	"github.com/ambit-mesh/ambit/istiod/ca"
@@ -25,6 +28,8 @@ const (
 
 	FlagTrustDomain = "trust-domain"
 	FlagCADir       = "ca-dir"
+	FlagCASecret    = "ca-secret"
+	FlagNamespace   = "namespace"
 	FlagStateDir    = "state-dir"
 	FlagGRPCAddr    = "grpc-addr"
 	FlagCertTTL     = "cert-ttl"
@@ -64,6 +69,10 @@ const (
 	TunnelEnrollment = "enrollment"
 )
 
+// EnvPodNamespace is the pod's namespace (downward API, as Istio's charts
+// set it): the default of --namespace.
+const EnvPodNamespace = "POD_NAMESPACE"
+
 // EnvInClusterHost is set in every pod: istiod then reads the API server
 // with its own service account (in-cluster config).
 const EnvInClusterHost = "KUBERNETES_SERVICE_HOST"
@@ -71,9 +80,12 @@ const EnvInClusterHost = "KUBERNETES_SERVICE_HOST"
 // Defaults.
 const (
 	DefaultTrustDomain = "cluster.local"
-	DefaultGRPCAddr    = ":15012"
-	DefaultServingDNS  = "istiod.istio-system.svc,istiod.istio-system.svc.cluster.local,localhost"
-	DefaultServingIP   = "127.0.0.1,::1"
+	// DefaultNamespace is istiod's namespace when neither --namespace nor
+	// POD_NAMESPACE is set.
+	DefaultNamespace  = "istio-system"
+	DefaultGRPCAddr   = ":15012"
+	DefaultServingDNS = "istiod.istio-system.svc,istiod.istio-system.svc.cluster.local,localhost"
+	DefaultServingIP  = "127.0.0.1,::1"
 	// DefaultReadinessAddr serves /ready; 8080 is the port Istio's istiod
 	// answers readiness probes on.
 	DefaultReadinessAddr = ":8080"
@@ -86,11 +98,16 @@ const (
 // Config is istiod's validated configuration.
 type Config struct {
 	TrustDomain string
-	// CADir holds Istio cacerts files; when empty, StateDir keeps a
-	// self-signed root.
+	// CADir holds Istio cacerts files; when empty (or it holds none of
+	// them: an absent optional Secret mounts as an empty directory), the
+	// self-signed root is kept in the Secret CASecret of Namespace
+	// (SourceKubernetes only) or else in StateDir.
 	CADir    string
+	CASecret string
 	StateDir string
-	GRPCAddr string
+	// Namespace is istiod's own namespace (where CASecret lives).
+	Namespace string
+	GRPCAddr  string
 	// CertTTL is the default workload certificate lifetime; MaxCertTTL the
 	// longest a request may ask for (longer requests are refused).
 	CertTTL    time.Duration
@@ -145,8 +162,11 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	}
 	var (
 		td          = str(FlagTrustDomain, DefaultTrustDomain, "SPIFFE trust domain of issued identities")
-		caDir       = str(FlagCADir, "", "directory with Istio cacerts files (ca-cert.pem, ca-key.pem, optional cert-chain.pem, root-cert.pem); if empty, a self-signed root is kept in --state-dir")
-		stateDir    = str(FlagStateDir, "", "directory keeping the self-signed root (created once, never overwritten) when --ca-dir is empty")
+		caDir       = str(FlagCADir, "", "directory with Istio cacerts files (ca-cert.pem, ca-key.pem, optional cert-chain.pem, root-cert.pem); if unset or holding none of them, a self-signed root is kept in --"+FlagCASecret+" or --"+FlagStateDir)
+		caSecret    = str(FlagCASecret, "", "Secret in --"+FlagNamespace+" keeping the self-signed root (created once, never overwritten; Istio's name is istio-ca-secret) when --"+FlagCADir+" gives no cacerts; needs --"+FlagConfigSource+" "+SourceKubernetes)
+		stateDir    = str(FlagStateDir, "", "directory keeping the self-signed root (created once, never overwritten) when --"+FlagCADir+" gives no cacerts and --"+FlagCASecret+" is unset")
+		podNS       = getenv(EnvPodNamespace)
+		namespace   = str(FlagNamespace, cmp.Or(podNS, DefaultNamespace), "istiod's own namespace, where --"+FlagCASecret+" is kept (default: "+EnvPodNamespace+", else "+DefaultNamespace+")")
 		grpcAddr    = str(FlagGRPCAddr, DefaultGRPCAddr, "TLS gRPC listen address of the certificate service")
 		certTTL     = str(FlagCertTTL, ca.DefaultCertTTL.String(), "default lifetime of workload certificates")
 		maxCertTTL  = str(FlagMaxCertTTL, ca.DefaultMaxCertTTL.String(), "longest lifetime a request may ask for; longer requests are refused (at most 2160h)")
@@ -172,7 +192,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		return Config{}, fmt.Errorf("unexpected argument %q; istiod takes only flags", fs.Arg(0))
 	}
 	cfg := Config{
-		TrustDomain: *td, CADir: *caDir, StateDir: *stateDir, GRPCAddr: *grpcAddr,
+		TrustDomain: *td, CADir: *caDir, CASecret: *caSecret, StateDir: *stateDir, Namespace: *namespace, GRPCAddr: *grpcAddr,
 		TokenFile: *tokenFile, RootCertOut: *rootCertOut,
 		Kubeconfig: *kubeconfig, ConfigDir: *configDir, ZtunnelSA: *ztunnelSA, ReadinessAddr: *readinessAddr,
 	}
@@ -183,8 +203,17 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	if err := spiffe.ValidateTrustDomain(cfg.TrustDomain); err != nil {
 		bad(FlagTrustDomain, "%v", err)
 	}
-	if cfg.CADir == "" && cfg.StateDir == "" {
-		bad(FlagStateDir, "set --%s to keep a self-signed root, or --%s to use Istio cacerts files", FlagStateDir, FlagCADir)
+	if cfg.CADir == "" && cfg.StateDir == "" && cfg.CASecret == "" {
+		bad(FlagStateDir, "set --%s (in Kubernetes) or --%s to keep a self-signed root, or --%s to use Istio cacerts files", FlagCASecret, FlagStateDir, FlagCADir)
+	}
+	if cfg.CASecret != "" && cfg.StateDir != "" {
+		bad(FlagCASecret, "--%s and --%s both keep the self-signed root; set only one", FlagCASecret, FlagStateDir)
+	}
+	if msgs := validation.IsDNS1123Subdomain(cfg.CASecret); cfg.CASecret != "" && len(msgs) > 0 {
+		bad(FlagCASecret, "%q is not a Secret name: %s", cfg.CASecret, strings.Join(msgs, "; "))
+	}
+	if msgs := validation.IsDNS1123Label(cfg.Namespace); len(msgs) > 0 {
+		bad(FlagNamespace, "%q is not a namespace name: %s", cfg.Namespace, strings.Join(msgs, "; "))
 	}
 	if _, _, err := net.SplitHostPort(cfg.GRPCAddr); err != nil {
 		bad(FlagGRPCAddr, "%q is not host:port (e.g. :15012 or 127.0.0.1:15012)", cfg.GRPCAddr)
@@ -206,6 +235,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		bad(FlagMaxCertTTL, "%s exceeds %s (90 days); short-lived certificates are the point", cfg.MaxCertTTL, MaxAllowedCertTTL)
 	}
 	cfg.ConfigSource = resolveSource(*source, cfg, getenv(EnvInClusterHost) != "", bad)
+	if cfg.CASecret != "" && cfg.ConfigSource != SourceKubernetes && cfg.ConfigSource != "" {
+		bad(FlagCASecret, "needs --%s %s (the Secret is read from the API server); use --%s outside Kubernetes", FlagConfigSource, SourceKubernetes, FlagStateDir)
+	}
 	switch *tunnel {
 	case TunnelAnnotation:
 		cfg.Tunnel = ambient.TunnelByAnnotation

@@ -89,6 +89,17 @@ func TestParseConfigSources(t *testing.T) {
 		strings.Join(cfg.TokenAudiences, ",") != "istio-ca,"+kubeauth.AudienceAPIServer || cfg.TokenFile != "" {
 		t.Errorf("kubernetes defaults: %+v", cfg)
 	}
+	if cfg.Namespace != DefaultNamespace || cfg.CASecret != "" {
+		t.Errorf("namespace %q, CA secret %q", cfg.Namespace, cfg.CASecret)
+	}
+	// The chart's settings: the Secret, the namespace from the downward API.
+	cfg, err = parseConfig([]string{"--ca-secret", "istio-ca-secret", "--ca-dir", "/etc/cacerts"}, env(map[string]string{"KUBERNETES_SERVICE_HOST": "10.96.0.1", "POD_NAMESPACE": "mesh"}), io.Discard)
+	if err != nil || cfg.CASecret != "istio-ca-secret" || cfg.Namespace != "mesh" || cfg.CADir != "/etc/cacerts" || cfg.ConfigSource != SourceKubernetes {
+		t.Errorf("in a pod with --ca-secret: %+v, %v", cfg, err)
+	}
+	if cfg, err = parseConfig([]string{"--kubeconfig", "k", "--ca-secret", "c", "--namespace", "ns"}, env(map[string]string{"POD_NAMESPACE": "mesh"}), io.Discard); err != nil || cfg.Namespace != "ns" {
+		t.Errorf("--namespace over POD_NAMESPACE: %q, %v", cfg.Namespace, err)
+	}
 	cfg, err = parseConfig([]string{"--state-dir", "s", "--kubeconfig", "k", "--tunnel", "enrollment", "--ztunnel-sa", "mesh/zt",
 		"--token-audiences", "a, b", "--readiness-addr", "127.0.0.1:9"}, env(nil), io.Discard)
 	if err != nil {
@@ -106,7 +117,11 @@ func TestParseConfigErrors(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{"no CA source", []string{"--token-file", "t"}, nil, "--state-dir (AMBIT_STATE_DIR): set --state-dir"},
+		{"no CA source", []string{"--token-file", "t"}, nil, "--state-dir (AMBIT_STATE_DIR): set --ca-secret (in Kubernetes) or --state-dir"},
+		{"secret and state dir", []string{"--kubeconfig", "k", "--ca-secret", "istio-ca-secret", "--state-dir", "s"}, nil, "--ca-secret (AMBIT_CA_SECRET): --ca-secret and --state-dir both keep the self-signed root"},
+		{"secret outside kubernetes", []string{"--token-file", "t", "--ca-secret", "istio-ca-secret"}, nil, "--ca-secret (AMBIT_CA_SECRET): needs --config-source kubernetes"},
+		{"bad secret name", []string{"--kubeconfig", "k", "--ca-secret", "Bad_Name"}, nil, `--ca-secret (AMBIT_CA_SECRET): "Bad_Name" is not a Secret name`},
+		{"bad namespace", []string{"--kubeconfig", "k", "--ca-secret", "s", "--namespace", "a.b"}, nil, `--namespace (AMBIT_NAMESPACE): "a.b" is not a namespace name`},
 		{"no source", []string{"--state-dir", "s"}, nil, "--config-source (AMBIT_CONFIG_SOURCE): no config source: pass --kubeconfig FILE"},
 		{"dir without token file", []string{"--state-dir", "s", "--config-dir", "d"}, nil, "--token-file (AMBIT_TOKEN_FILE): required with --config-source dir"},
 		{"none without token file", []string{"--state-dir", "s", "--config-source", "none"}, nil, "--token-file (AMBIT_TOKEN_FILE): required with --config-source none"},

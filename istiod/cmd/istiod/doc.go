@@ -29,9 +29,57 @@
 // logged once when they appear. --tunnel chooses when a workload gets HBONE:
 // annotation (Istio's rule, default) or enrollment (the labels alone).
 //
-// GET /ready on --readiness-addr (default :8080, the port Istio's istiod
-// answers readiness on) is 200 once the first config is pushed, 503 before.
-// The root certificate is written to --root-cert-out for clients to trust.
+// # The root CA
+//
+// The signing CA comes from the Istio cacerts files in --ca-dir (the chart
+// mounts the optional Secret "cacerts" there). When --ca-dir is unset, or
+// holds none of those files (an absent optional Secret mounts as an empty
+// directory), istiod uses a self-signed root kept in the Secret --ca-secret
+// of --namespace (the chart sets istio-ca-secret, Istio's name and shape;
+// with --config-source kubernetes only), or else in --state-dir. The root
+// is created once (two replicas starting at once agree: the one whose
+// create finds the Secret existing reads it), read back on every start,
+// and never overwritten; a partial or unreadable Secret stops istiod with
+// the fix. A log line names the root used ("using the CA from cacerts
+// files", "created self-signed root CA" or "using the self-signed root CA"
+// with its store). --namespace defaults to POD_NAMESPACE, else istio-system.
+//
+// With --config-source kubernetes the root is published as the ConfigMap
+// istio-ca-root-cert (key root-cert.pem) in every namespace
+// (istiod/rootcert), and the root is written to --root-cert-out for
+// clients to trust in any mode.
+//
+// # HTTP: readiness and debug
+//
+// On --readiness-addr (default :8080, the port Istio's istiod answers
+// readiness on): GET /ready is 200 once the first config is pushed, 503
+// before; GET /debug/syncz is the JSON list of pkg/syncz.Proxy, one per
+// connected xDS client with a known node (xds.Server.Syncz): per
+// subscribed type the nonce last sent and last ACKed, SYNCED / STALE /
+// NOT SENT, and the last NACK message (until a later response is ACKed).
+// Version is the node metadata ISTIO_VERSION (Istio's key), else the
+// node's user_agent_version.
+//
+// # Kubernetes RBAC (least privilege; istiod/rbac holds these rules as data)
+//
+// ClusterRole:
+//
+//	""                     namespaces, pods, services, serviceaccounts  list, watch
+//	discovery.k8s.io       endpointslices                               list, watch
+//	security.istio.io      authorizationpolicies, peerauthentications   list, watch
+//	authentication.k8s.io  tokenreviews                                 create
+//	""                     configmaps [istio-ca-root-cert]              list, watch, update
+//	""                     configmaps                                   create
+//
+// Role in istiod's namespace (with --ca-secret NAME):
+//
+//	""                     secrets [NAME]                               get
+//	""                     secrets                                      create
+//
+// No get is needed beside list/watch (informers), nor any right on nodes,
+// leases or the Secret beyond get/create (it is never updated or watched).
+// Create cannot be restricted by name in RBAC; list/watch can, because the
+// ConfigMap informer lists with fieldSelector metadata.name.
 // istiod stops gracefully on SIGTERM or SIGINT (xDS streams are cut after
 // 5 s). Flags and their environment variables are in config.go; run istiod -h
 // for the list.

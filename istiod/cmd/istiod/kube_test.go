@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -11,16 +10,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -95,74 +90,8 @@ func TestBinaryKubernetes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dir := t.TempDir()
-	rootOut := filepath.Join(dir, "root.pem")
-	cmd := exec.Command(os.Args[0], "--kubeconfig", c.Kubeconfig, "--state-dir", filepath.Join(dir, "state"),
-		"--grpc-addr", "127.0.0.1:0", "--readiness-addr", "127.0.0.1:0", "--root-cert-out", rootOut, "--log-level", "debug")
-	cmd.Env = append(os.Environ(), "ISTIOD_TEST_RUN_MAIN=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	logs := &syncBuffer{}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() || os.Getenv("AMBIT_TEST_LOGS") != "" {
-			t.Logf("istiod log:\n%s", logs.String())
-		}
-	})
-	addrs := make(chan [2]string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sent := false
-		for sc.Scan() {
-			l := sc.Text()
-			logs.Write([]byte(l + "\n"))
-			if !sent && strings.Contains(l, "serving certificates") {
-				var a [2]string
-				for _, f := range strings.Fields(l) {
-					if v, ok := strings.CutPrefix(f, "addr="); ok {
-						a[0] = v
-					}
-					if v, ok := strings.CutPrefix(f, "readiness="); ok {
-						a[1] = v
-					}
-				}
-				addrs <- a
-				sent = true
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-		exited <- cmd.Wait()
-	}()
-	var grpcAddr, readyAddr string
-	select {
-	case a := <-addrs:
-		grpcAddr, readyAddr = a[0], a[1]
-	case err := <-exited:
-		exited <- err
-		t.Fatalf("istiod exited: %v", err)
-	case <-ctx.Done():
-		t.Fatal("istiod did not start")
-	}
-	if err := cluster.Eventually(ctx, "istiod /ready", func(context.Context) error {
-		resp, err := http.Get("http://" + readyAddr + ReadyPath)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("status %d", resp.StatusCode)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	proc := startIstiod(ctx, t, "--kubeconfig", c.Kubeconfig, "--state-dir", filepath.Join(t.TempDir(), "state"), "--log-level", "debug")
+	grpcAddr, rootOut, logs := proc.grpcAddr, proc.rootOut, proc.logs
 
 	// A ztunnel xDS client with node-a's pod-bound token.
 	ztToken := podToken(ctx, t, c, ztA)
@@ -277,18 +206,7 @@ func TestBinaryKubernetes(t *testing.T) {
 		t.Errorf("refusal not logged with its reason")
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("istiod did not stop after SIGTERM")
-	}
+	proc.stop(t)
 	if !strings.Contains(logs.String(), "msg=stopped") {
 		t.Error("no stopped line")
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,15 +21,22 @@ import (
 
 	"github.com/ambit-mesh/ambit/istiod/ambient"
 	"github.com/ambit-mesh/ambit/istiod/ca"
+	"github.com/ambit-mesh/ambit/istiod/ca/casecret"
 	"github.com/ambit-mesh/ambit/istiod/ca/kubeauth"
 	"github.com/ambit-mesh/ambit/istiod/config"
 	"github.com/ambit-mesh/ambit/istiod/config/kube"
+	"github.com/ambit-mesh/ambit/istiod/rootcert"
 	"github.com/ambit-mesh/ambit/istiod/xds"
+	"github.com/ambit-mesh/ambit/pkg/syncz"
 )
 
 // shutdownGrace bounds the graceful stop of the gRPC server (xDS streams
 // never end on their own; they are cut after it).
 const shutdownGrace = 5 * time.Second
+
+// caLoadTimeout bounds reading (or creating) the root kept in the CA
+// Secret, retries of transient API errors included.
+const caLoadTimeout = 2 * time.Minute
 
 // Kubernetes client rate limits: one LIST per informer at start and a
 // TokenReview per new caller; client-go's default of 5 QPS is too low for
@@ -51,7 +59,22 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	auth, err := ca.LoadOrCreate(ca.Options{TrustDomain: cfg.TrustDomain, CADir: cfg.CADir, StateDir: cfg.StateDir, Logger: log})
+	var (
+		kc  *kubeClients
+		err error
+	)
+	if cfg.ConfigSource == SourceKubernetes {
+		if kc, err = newKubeClients(cfg); err != nil {
+			return err
+		}
+	}
+	caOpts := ca.Options{TrustDomain: cfg.TrustDomain, CADir: cfg.CADir, StateDir: cfg.StateDir, Logger: log}
+	if cfg.CASecret != "" {
+		caOpts.RootStore = casecret.New(kc.core.CoreV1().Secrets(cfg.Namespace), cfg.Namespace, cfg.CASecret)
+	}
+	caCtx, caCancel := context.WithTimeout(ctx, caLoadTimeout)
+	auth, err := ca.LoadOrCreateContext(caCtx, caOpts)
+	caCancel()
 	if err != nil {
 		return err
 	}
@@ -73,7 +96,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	)
 	switch cfg.ConfigSource {
 	case SourceKubernetes:
-		ks, ka, err := kubernetesSource(cfg, log)
+		ks, ka, err := kubernetesSource(cfg, kc, log)
 		if err != nil {
 			return err
 		}
@@ -129,10 +152,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 		lis.Close()
 		return fmt.Errorf("listening for %s on %s: %w", ReadyPath, cfg.ReadinessAddr, err)
 	}
-	readySrv := &http.Server{Handler: readinessHandler(&isReady, cfg.ConfigSource), ReadHeaderTimeout: 10 * time.Second}
+	readySrv := &http.Server{Handler: readinessHandler(&isReady, cfg.ConfigSource, xdsSrv), ReadHeaderTimeout: 10 * time.Second}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -146,6 +169,19 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 			errc <- fmt.Errorf("serving %s on %s: %w", ReadyPath, readyLis.Addr(), err)
 		}
 	}()
+	if kc != nil {
+		rc, err := rootcert.New(rootcert.Options{Client: kc.core, RootPEM: auth.RootsPEM(), Logger: log})
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := rc.Run(ctx); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	if src != nil {
 		wg.Add(2)
 		go func() {
@@ -199,35 +235,46 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	return nil
 }
 
-// kubernetesSource builds the informer source and the TokenReview
-// authenticator reading its pod cache.
-func kubernetesSource(cfg Config, log *slog.Logger) (*kube.Source, *kubeauth.Authenticator, error) {
+// kubeClients are istiod's clients of the API server.
+type kubeClients struct {
+	host  string
+	core  kubernetes.Interface
+	istio istioclient.Interface
+}
+
+func newKubeClients(cfg Config) (*kubeClients, error) {
 	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {
 		if cfg.Kubeconfig == "" {
-			return nil, nil, fmt.Errorf("in-cluster Kubernetes config (no --%s): %w", FlagKubeconfig, err)
+			return nil, fmt.Errorf("in-cluster Kubernetes config (no --%s): %w", FlagKubeconfig, err)
 		}
-		return nil, nil, fmt.Errorf("--%s %s: %w", FlagKubeconfig, cfg.Kubeconfig, err)
+		return nil, fmt.Errorf("--%s %s: %w", FlagKubeconfig, cfg.Kubeconfig, err)
 	}
 	restCfg.QPS, restCfg.Burst = kubeQPS, kubeBurst
 	restCfg.UserAgent = "ambit-istiod"
 	kc, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes client for %s: %w", restCfg.Host, err)
+		return nil, fmt.Errorf("kubernetes client for %s: %w", restCfg.Host, err)
 	}
 	ic, err := istioclient.NewForConfig(restCfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("istio client for %s: %w", restCfg.Host, err)
+		return nil, fmt.Errorf("istio client for %s: %w", restCfg.Host, err)
 	}
-	src := kube.New(kc, ic, kube.Options{Logger: log})
+	return &kubeClients{host: restCfg.Host, core: kc, istio: ic}, nil
+}
+
+// kubernetesSource builds the informer source and the TokenReview
+// authenticator reading its pod cache.
+func kubernetesSource(cfg Config, kc *kubeClients, log *slog.Logger) (*kube.Source, *kubeauth.Authenticator, error) {
+	src := kube.New(kc.core, kc.istio, kube.Options{Logger: log})
 	ka, err := kubeauth.New(kubeauth.Options{
-		Reviews: kc.AuthenticationV1().TokenReviews(), Pods: src,
+		Reviews: kc.core.AuthenticationV1().TokenReviews(), Pods: src,
 		ZtunnelServiceAccount: cfg.ZtunnelSA, Audiences: cfg.TokenAudiences, Logger: log,
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	log.Info("watching Kubernetes", "server", restCfg.Host, "kubeconfig", cfg.Kubeconfig, "ztunnel_sa", cfg.ZtunnelSA, "token_audiences", cfg.TokenAudiences)
+	log.Info("watching Kubernetes", "server", kc.host, "kubeconfig", cfg.Kubeconfig, "ztunnel_sa", cfg.ZtunnelSA, "token_audiences", cfg.TokenAudiences)
 	return src, ka, nil
 }
 
@@ -278,8 +325,14 @@ func pushLoop(ctx context.Context, src config.Source, opts ambient.Options, x *x
 	}
 }
 
-func readinessHandler(ready *atomic.Bool, source string) http.Handler {
+func readinessHandler(ready *atomic.Bool, source string, x *xds.Server) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+syncz.Path, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(x.Syncz())
+	})
 	mux.HandleFunc(ReadyPath, func(w http.ResponseWriter, _ *http.Request) {
 		if ready.Load() {
 			fmt.Fprintln(w, "ready")

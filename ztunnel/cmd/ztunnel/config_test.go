@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambit-mesh/ambit/pkg/version"
 	"github.com/ambit-mesh/ambit/pkg/zds"
 	"github.com/ambit-mesh/ambit/ztunnel/limit"
 )
@@ -153,7 +154,7 @@ func TestXDSNode(t *testing.T) {
 	if want := "ztunnel~172.31.0.10~ztunnel-node-a.kube-system~kube-system.svc.cluster.local"; id != want {
 		t.Errorf("node ID %q, want %q", id, want)
 	}
-	want := map[string]string{"NAME": "ztunnel-node-a", "NAMESPACE": "kube-system", "NODE_NAME": "node-a", "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "172.31.0.10"}
+	want := map[string]string{"NAME": "ztunnel-node-a", "NAMESPACE": "kube-system", "NODE_NAME": "node-a", "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "172.31.0.10", "ISTIO_VERSION": version.Version}
 	if fmt.Sprint(md) != fmt.Sprint(want) {
 		t.Errorf("metadata %v, want %v", md, want)
 	}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ambit-mesh/ambit/pkg/spiffe"
+	"github.com/ambit-mesh/ambit/pkg/version"
 	"github.com/ambit-mesh/ambit/pkg/zds"
 	"github.com/ambit-mesh/ambit/ztunnel/admin"
 	"github.com/ambit-mesh/ambit/ztunnel/identity"
@@ -366,6 +367,6 @@ func xdsNode(cfg Config) (string, map[string]string) {
 	id := fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", ip, cfg.PodName, cfg.PodNamespace, cfg.PodNamespace)
 	return id, map[string]string{
 		"NAME": cfg.PodName, "NAMESPACE": cfg.PodNamespace, "NODE_NAME": cfg.Node,
-		"CLUSTER_ID": cfg.ClusterID, "INSTANCE_IPS": ip,
+		"CLUSTER_ID": cfg.ClusterID, "INSTANCE_IPS": ip, "ISTIO_VERSION": version.Version,
 	}
 }

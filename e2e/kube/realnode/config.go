@@ -59,7 +59,7 @@ func WriteBridgeConflist(confDir, ipamDir string, pods netip.Prefix) error {
 // oom_score_adj clamped to its own, and the loopback done internally (no
 // loopback plugin is needed); plugins that would touch fixed host paths
 // disabled.
-func containerdConfig(root, state, socket, runcBin, cniBin, cniConf, snapshotter string) string {
+func containerdConfig(root, state, socket, runcBin, cniBin, cniConf, snapshotter, sandboxImage string) string {
 	q := strconv.Quote
 	return strings.Join([]string{
 		`version = 3`,
@@ -81,7 +81,7 @@ func containerdConfig(root, state, socket, runcBin, cniBin, cniConf, snapshotter
 		`[plugins.'io.containerd.cri.v1.images']`,
 		`  snapshotter = ` + q(snapshotter),
 		`[plugins.'io.containerd.cri.v1.images'.pinned_images]`,
-		`  sandbox = ` + q(PauseImage),
+		`  sandbox = ` + q(sandboxImage),
 		``,
 		`[plugins.'io.containerd.cri.v1.runtime']`,
 		`  netns_mounts_under_state_dir = true`,

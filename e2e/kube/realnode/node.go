@@ -46,9 +46,12 @@ type Options struct {
 	// the node. Start writes the bridge conflist there (WriteBridgeConflist)
 	// unless it already holds a *.conflist.
 	CNIConfDir string
-	// PauseImageTar is the sandbox image's tarball, tagged PauseImage; built
-	// by BuildPauseImage when empty.
-	PauseImageTar string
+	// PauseImage is the sandbox image's reference (containerd's pinned
+	// sandbox image); PauseImage (the package variable) when empty.
+	// PauseImageTar is its tarball, tagged so (e.g. bin/images/pause.tar
+	// with PauseImage images.Tag(hub, "pause", version)); built by
+	// BuildPauseImage when empty.
+	PauseImage, PauseImageTar string
 	// Images are more image tarballs to import before kubelet starts.
 	Images []string
 	// Snapshotter is containerd's snapshotter: "overlayfs" when empty.
@@ -134,6 +137,12 @@ func Start(ctx context.Context, opts Options) (_ *Node, retErr error) {
 	}
 	if opts.Progress == nil {
 		opts.Progress = os.Stderr
+	}
+	if opts.PauseImage == "" {
+		opts.PauseImage = PauseImage
+	}
+	if opts.PauseImageTar == "" && opts.PauseImage != PauseImage {
+		return nil, fmt.Errorf("realnode: Options.PauseImage %s needs Options.PauseImageTar (only %s is built here)", opts.PauseImage, PauseImage)
 	}
 	if opts.Snapshotter == "" {
 		opts.Snapshotter = "overlayfs"
@@ -296,7 +305,7 @@ func (n *Node) setupCNI(ctx context.Context, opts Options) error {
 func (n *Node) startContainerd(ctx context.Context, opts Options, cgroups []string) error {
 	cfgPath := filepath.Join(n.Dir, "containerd.toml")
 	cfg := containerdConfig(filepath.Join(n.Dir, "containerd"), filepath.Join(n.RunDir, "containerd"),
-		n.ContainerdSocket, n.Binaries.Runc, n.CNIBinDir, n.CNIConfDir, opts.Snapshotter)
+		n.ContainerdSocket, n.Binaries.Runc, n.CNIBinDir, n.CNIConfDir, opts.Snapshotter, opts.PauseImage)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}

@@ -54,6 +54,12 @@ type Options struct {
 	PauseImage, PauseImageTar string
 	// Images are more image tarballs to import before kubelet starts.
 	Images []string
+	// PodNetnsInVarRun puts the pods' network namespaces where containerd
+	// puts them by default, /var/run/netns/cni-<uuid> (what Istio's CNI
+	// chart mounts), instead of under RunDir. Stop removes every pod
+	// through the CRI first, which deletes them; a crashed run's are not
+	// recognized by Cleanup.
+	PodNetnsInVarRun bool
 	// Snapshotter is containerd's snapshotter: "overlayfs" when empty.
 	Snapshotter string
 	// ReadyTimeout bounds the start until the Node is Ready; 3 minutes when
@@ -305,7 +311,7 @@ func (n *Node) setupCNI(ctx context.Context, opts Options) error {
 func (n *Node) startContainerd(ctx context.Context, opts Options, cgroups []string) error {
 	cfgPath := filepath.Join(n.Dir, "containerd.toml")
 	cfg := containerdConfig(filepath.Join(n.Dir, "containerd"), filepath.Join(n.RunDir, "containerd"),
-		n.ContainerdSocket, n.Binaries.Runc, n.CNIBinDir, n.CNIConfDir, opts.Snapshotter, opts.PauseImage)
+		n.ContainerdSocket, n.Binaries.Runc, n.CNIBinDir, n.CNIConfDir, opts.Snapshotter, opts.PauseImage, !opts.PodNetnsInVarRun)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -506,6 +512,16 @@ func (n *Node) startKubeProxy(ctx context.Context, cgroups []string) error {
 // clusterPodCIDR covers every node's PodCIDR.
 var clusterPodCIDR = netip.MustParsePrefix("10.247.0.0/16")
 
+// crictlUsable reports whether containerd runs (started and not exited).
+func (n *Node) crictlUsable() bool {
+	for _, p := range n.procs {
+		if p.name == "containerd" {
+			return !p.exited()
+		}
+	}
+	return false
+}
+
 // poll calls check every 200ms until it succeeds, p exits, ctx ends or
 // timeout passes.
 func poll(ctx context.Context, timeout time.Duration, p *proc, what string, check func(context.Context) error) error {
@@ -553,6 +569,15 @@ func (n *Node) startFailure(err error) error {
 func (n *Node) Stop() error {
 	n.stopOnce.Do(func() {
 		var errs []error
+		if n.crictlUsable() {
+			// Pods removed through the CRI get CNI DEL (their CNI chain
+			// sees the deletion) and their netns deleted.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			if out, err := n.Crictl(ctx, "rmp", "--all", "--force"); err != nil {
+				slog.Warn("realnode: removing pods through the CRI before the kill", "node", n.Name, "error", err, "output", string(out))
+			}
+			cancel()
+		}
 		for i := len(n.procs) - 1; i >= 0; i-- {
 			if err := n.procs[i].stop(5 * time.Second); err != nil {
 				errs = append(errs, err)

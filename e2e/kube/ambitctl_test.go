@@ -311,7 +311,8 @@ const ctlInstallNS = "ambt-ctl-install"
 func TestAmbitctlInstall(t *testing.T) {
 	c := cluster.Shared(t)
 	kc := c.Kubeconfig
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 	crdDir, _ := filepath.Abs("../../deploy/charts/ambit/crds")
 	// Leave the CRDs as found: purge deletes them.
 	if _, err := c.Client.Discovery().ServerResourcesForGroupVersion("security.istio.io/v1"); err == nil {

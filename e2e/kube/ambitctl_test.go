@@ -17,6 +17,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
@@ -423,14 +425,23 @@ func TestAmbitctlInstall(t *testing.T) {
 	if _, err := c.Client.AppsV1().Deployments(ctlInstallNS).Get(ctx, "istiod", metav1.GetOptions{}); err == nil {
 		t.Error("istiod still there after uninstall")
 	}
-	if err := cluster.Eventually(ctx, "CRDs gone", func(context.Context) error {
-		_, err := c.Client.Discovery().ServerResourcesForGroupVersion("security.istio.io/v1")
-		if err == nil {
-			return os.ErrExist
+	// Every CRD of the chart is gone (other tests may have applied more
+	// of Istio's kinds in the same groups: those stay).
+	dyn, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	for _, name := range []string{"authorizationpolicies.security.istio.io", "peerauthentications.security.istio.io", "httproutes.gateway.networking.k8s.io"} {
+		if err := cluster.Eventually(ctx, "CRD "+name+" gone", func(ctx context.Context) error {
+			_, err := dyn.Resource(crdGVR).Get(ctx, name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return fmt.Errorf("still there (%v)", err)
+		}); err != nil {
+			t.Error(err)
 		}
-		return nil
-	}); err != nil {
-		t.Error(err)
 	}
 	r = runCtl(t, kc, "uninstall", "-n", ctlInstallNS)
 	if r.code != 1 || !strings.Contains(r.stderr, "no release ambit") {

@@ -2,12 +2,13 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/spf13/pflag"
 
 	"github.com/ambit-mesh/ambit/ctl/local"
 )
@@ -37,38 +38,38 @@ type localConfig struct {
 	Args     []string
 }
 
-// parseLocal parses the flags of subcommand sub; want lists the flags it
-// takes besides --state-dir.
-func parseLocal(sub string, args []string, getenv func(string) string, out io.Writer, want ...string) (localConfig, error) {
-	fs := flag.NewFlagSet("ambitctl local "+sub, flag.ContinueOnError)
-	fs.SetOutput(out)
+// addLocalFlags defines on fs the flags of a local subcommand: --state-dir
+// and those listed in want, bound to c. Flags stop at the first argument
+// (as in `exec NS/POD -- CMD`), so everything after it is an argument.
+func addLocalFlags(fs *pflag.FlagSet, c *localConfig, getenv func(string) string, want ...string) {
+	fs.SetInterspersed(false)
 	def := local.DefaultStateDir
 	if v := getenv(EnvLocalDir); v != "" {
 		def = v
 	}
-	var c localConfig
 	fs.StringVar(&c.StateDir, FlagStateDir, def, "local mode's state dir (env "+EnvLocalDir+")")
 	for _, w := range want {
 		switch w {
 		case FlagFile:
-			fs.StringVar(&c.File, FlagFile, "", "topology file (YAML)")
+			fs.StringVarP(&c.File, "file", FlagFile, "", "topology file (YAML)")
 		case FlagCapture:
 			fs.StringVar(&c.Capture, FlagCapture, local.DefaultCapture, "capture backend of the cni-agents: "+strings.Join(captureModes, ", "))
 		case FlagOutput:
-			fs.StringVar(&c.Output, FlagOutput, "text", "output: text or json")
+			fs.StringVarP(&c.Output, "output", FlagOutput, "text", "output: text or json")
 		case FlagTimeout:
 			fs.StringVar(&c.Timeout, FlagTimeout, "60s", "how long to wait for each component to be ready")
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return c, err
-	}
-	c.Args = fs.Args()
+}
+
+// checkLocal completes c after parsing (absolute state dir) and checks
+// the flags listed in want.
+func checkLocal(c *localConfig, want ...string) error {
 	var errs []error
 	if !filepath.IsAbs(c.StateDir) {
 		abs, err := filepath.Abs(c.StateDir)
 		if err != nil {
-			return c, err
+			return err
 		}
 		c.StateDir = abs
 	}
@@ -95,7 +96,22 @@ func parseLocal(sub string, args []string, getenv func(string) string, out io.Wr
 			}
 		}
 	}
-	return c, errors.Join(errs...)
+	return errors.Join(errs...)
+}
+
+// parseLocal parses the flags of subcommand sub outside cobra (the same
+// flags and checks as the command's); want lists the flags it takes
+// besides --state-dir.
+func parseLocal(sub string, args []string, getenv func(string) string, out io.Writer, want ...string) (localConfig, error) {
+	fs := pflag.NewFlagSet("ambitctl local "+sub, pflag.ContinueOnError)
+	fs.SetOutput(out)
+	var c localConfig
+	addLocalFlags(fs, &c, getenv, want...)
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	c.Args = fs.Args()
+	return c, checkLocal(&c, want...)
 }
 
 // binDirs is where ambitctl looks for the binaries it runs before PATH:

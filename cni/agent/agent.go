@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,12 @@ const (
 	DefaultPodWait        = 5 * time.Second
 	DefaultZtunnelWait    = 5 * time.Second
 	DefaultResyncInterval = time.Minute
+	DefaultRetryMin       = 100 * time.Millisecond
+	DefaultRetryMax       = 30 * time.Second
+	DefaultWorkers        = 4
+	// DefaultVerifyInterval is how often a netns accepted on CNI ADD
+	// before its sandbox process ran is checked again.
+	DefaultVerifyInterval = 200 * time.Millisecond
 )
 
 // Errors wrapped by the agent's answers; test with errors.Is.
@@ -70,9 +77,22 @@ type Config struct {
 	// ZtunnelWait bounds how long Enroll waits for a ztunnel to connect
 	// when none is (DefaultZtunnelWait if zero).
 	ZtunnelWait time.Duration
-	// ResyncInterval is how often Run reconciles without a source change
-	// (DefaultResyncInterval if zero).
+	// ResyncInterval is how often Run reconciles every pod without a
+	// source change (DefaultResyncInterval if zero).
 	ResyncInterval time.Duration
+	// RetryMin and RetryMax bound the per-pod exponential backoff of Run's
+	// retries after a failed Reconcile (DefaultRetryMin, DefaultRetryMax
+	// if zero).
+	RetryMin, RetryMax time.Duration
+	// Workers is how many pods Run reconciles at once (DefaultWorkers if
+	// zero).
+	Workers int
+	// VerifyInterval: see DefaultVerifyInterval.
+	VerifyInterval time.Duration
+	// NetnsFinder, if set, finds the netns of a running pod whose netns
+	// the source does not record (Kubernetes: ProcNetnsFinder), so that
+	// Reconcile captures pods that were running before they were enrolled.
+	NetnsFinder NetnsFinder
 	// Ready, if set, is part of Status: e.g. "the plugin is installed" and
 	// "the ZDS server is serving".
 	Ready func(ctx context.Context) error
@@ -96,6 +116,10 @@ type tracked struct {
 	netns string   // path the netns was opened from, for messages
 	ns    *os.File // the verified netns, open while tracked
 	id    netns.ID
+	// unverified: accepted on CNI ADD while no process ran in the netns
+	// (ErrNetnsNoProcess); Reconcile checks it again until a process
+	// shows whose pod it is (see the package doc, "Whose netns").
+	unverified bool
 }
 
 // Agent implements agentapi.Handler and reconciles the node's pods. Safe for
@@ -109,6 +133,8 @@ type Agent struct {
 	pods map[string]tracked // by UID; guarded by mu
 
 	discovered atomic.Bool
+	// requeue, set while Run runs, queues a pod for Run's workers.
+	requeue atomic.Pointer[func(uid string)]
 }
 
 // New validates cfg and returns an Agent.
@@ -135,6 +161,18 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ResyncInterval <= 0 {
 		cfg.ResyncInterval = DefaultResyncInterval
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = DefaultRetryMin
+	}
+	if cfg.RetryMax < cfg.RetryMin {
+		cfg.RetryMax = max(DefaultRetryMax, cfg.RetryMin)
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = DefaultWorkers
+	}
+	if cfg.VerifyInterval <= 0 {
+		cfg.VerifyInterval = DefaultVerifyInterval
 	}
 	if cfg.Verifier == nil {
 		cfg.Verifier = RecordVerifier{}
@@ -179,10 +217,10 @@ func (a *Agent) Captured() []string {
 }
 
 // track records a captured pod; it takes ownership of ns.
-func (a *Agent) track(p Pod, path string, ns *os.File, id netns.ID) {
+func (a *Agent) track(p Pod, path string, ns *os.File, id netns.ID, unverified bool) {
 	a.mu.Lock()
 	old, ok := a.pods[p.UID]
-	a.pods[p.UID] = tracked{pod: p, netns: path, ns: ns, id: id}
+	a.pods[p.UID] = tracked{pod: p, netns: path, ns: ns, id: id, unverified: unverified}
 	a.mu.Unlock()
 	if ok && old.ns != ns {
 		old.ns.Close()
@@ -214,15 +252,20 @@ func (a *Agent) claimedBy(uid string, id netns.ID) (tracked, bool) {
 // openVerified opens the netns at path for pod and checks that it is the
 // pod's (Config.Verifier) and not already captured for another pod. The
 // caller owns the returned file; the checks apply to it, not to the path,
-// so the path cannot be swapped after the check.
-func (a *Agent) openVerified(ctx context.Context, pod Pod, path string) (*os.File, netns.ID, error) {
+// so the path cannot be swapped after the check. With onAdd (the path is
+// the runtime's, from CNI ADD) a netns no process runs in yet is accepted
+// as unverified; see the package doc.
+func (a *Agent) openVerified(ctx context.Context, pod Pod, path string, onAdd bool) (_ *os.File, _ netns.ID, unverified bool, _ error) {
 	ns, err := netns.Open(path)
 	if err != nil {
-		return nil, netns.ID{}, fmt.Errorf("enrolling pod %s on node %s: %w", pod.Key(), a.cfg.Node, err)
+		return nil, netns.ID{}, false, fmt.Errorf("enrolling pod %s on node %s: %w", pod.Key(), a.cfg.Node, err)
 	}
 	id, err := netns.IDOf(ns)
 	if err == nil {
 		err = a.cfg.Verifier.VerifyNetns(ctx, pod, path, id)
+		if onAdd && errors.Is(err, ErrNetnsNoProcess) {
+			unverified, err = true, nil
+		}
 	}
 	if err == nil {
 		if t, ok := a.claimedBy(pod.UID, id); ok {
@@ -231,9 +274,9 @@ func (a *Agent) openVerified(ctx context.Context, pod Pod, path string) (*os.Fil
 	}
 	if err != nil {
 		ns.Close()
-		return nil, netns.ID{}, fmt.Errorf("refusing to enroll pod %s on node %s (nothing captured): %w", pod.Key(), a.cfg.Node, err)
+		return nil, netns.ID{}, false, fmt.Errorf("refusing to enroll pod %s on node %s (nothing captured): %w", pod.Key(), a.cfg.Node, err)
 	}
-	return ns, id, nil
+	return ns, id, unverified, nil
 }
 
 func (a *Agent) lookup(uid string) (tracked, bool) {
@@ -372,7 +415,7 @@ func (a *Agent) enrollCapture(ctx context.Context, pod Pod, path string) error {
 // pod stays tracked without waiting, and the next ztunnel connection's
 // snapshot carries it. Enroll (not lazy) must know ztunnel has the pod.
 func (a *Agent) captureAndAdd(ctx context.Context, pod Pod, path string, lazy bool) error {
-	ns, id, err := a.openVerified(ctx, pod, path)
+	ns, id, unverified, err := a.openVerified(ctx, pod, path, !lazy)
 	if err != nil {
 		return err
 	}
@@ -382,7 +425,13 @@ func (a *Agent) captureAndAdd(ctx context.Context, pod Pod, path string, lazy bo
 	}
 	// Tracked (owning ns) before the add, so a ztunnel reconnecting
 	// meanwhile gets the pod in its snapshot (see zds.SnapshotSource).
-	a.track(pod, path, ns, id)
+	a.track(pod, path, ns, id, unverified)
+	if unverified {
+		a.log.Info("netns accepted on CNI ADD before any process runs in it; verified again when the sandbox starts", "pod", pod.Name, "namespace", pod.Namespace, "uid", pod.UID, "netns", path)
+		if f := a.requeue.Load(); f != nil {
+			(*f)(pod.UID)
+		}
+	}
 	if lazy && !a.cfg.ZDS.Connected() {
 		a.log.Info("ztunnel not connected; the pod goes into its snapshot when it connects", "pod", pod.Name, "namespace", pod.Namespace)
 		return nil
@@ -577,7 +626,11 @@ func (a *Agent) Discover(ctx context.Context) error {
 		}
 	}
 	found := 0
+	index := a.netnsIndex(ctx)
 	for _, p := range pods {
+		if p.Netns == "" && len(p.IPs) > 0 {
+			p.Netns = index(p)
+		}
 		if p.Netns == "" {
 			continue
 		}
@@ -590,6 +643,27 @@ func (a *Agent) Discover(ctx context.Context) error {
 	return nil
 }
 
+// netnsIndex returns how Discover looks up the netns of a pod the source
+// records none for: from one pass of the finder over all pods when it can
+// (ProcNetnsFinder.Index), else per pod; "" when not found.
+func (a *Agent) netnsIndex(ctx context.Context) func(Pod) string {
+	f := a.cfg.NetnsFinder
+	if f == nil {
+		return func(Pod) string { return "" }
+	}
+	if ix, ok := f.(interface {
+		Index(context.Context) (map[string]string, error)
+	}); ok {
+		if m, err := ix.Index(ctx); err == nil {
+			return func(p Pod) string { return m[strings.ToLower(p.UID)] }
+		}
+	}
+	return func(p Pod) string {
+		path, _ := f.FindNetns(ctx, p)
+		return path
+	}
+}
+
 func (a *Agent) discoverOne(ctx context.Context, p Pod) bool {
 	unlock, err := a.locks.lock(ctx, p.UID)
 	if err != nil {
@@ -599,7 +673,7 @@ func (a *Agent) discoverOne(ctx context.Context, p Pod) bool {
 	if _, ok := a.lookup(p.UID); ok {
 		return false
 	}
-	ns, id, err := a.openVerified(ctx, p, p.Netns)
+	ns, id, _, err := a.openVerified(ctx, p, p.Netns, false)
 	if err != nil {
 		if errors.Is(err, ErrForeignNetns) {
 			a.log.Warn("not taking over a captured netns: it is not the pod's", "pod", p.Name, "namespace", p.Namespace, "netns", p.Netns, "err", err)
@@ -610,131 +684,54 @@ func (a *Agent) discoverOne(ctx context.Context, p Pod) bool {
 		ns.Close()
 		return false
 	}
-	a.track(p, p.Netns, ns, id)
+	a.track(p, p.Netns, ns, id, false)
 	a.log.Debug("found captured pod", "pod", p.Name, "namespace", p.Namespace, "uid", p.UID)
 	return true
 }
 
-// Reconcile makes the node's captured pods match the source: running
-// enrolled pods are captured and handed to ztunnel; captured pods no longer
-// enrolled or gone are released. Level-triggered and idempotent; errors of
-// single pods are joined and retried at the next call. It does nothing until
-// the source has synced.
-func (a *Agent) Reconcile(ctx context.Context) error {
-	pods, synced := a.cfg.Source.Pods()
-	if !synced {
-		return nil
+// Unverified returns the UIDs of captured pods whose netns was accepted on
+// CNI ADD before a process ran in it and has not been verified since,
+// sorted.
+func (a *Agent) Unverified() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for uid, t := range a.pods {
+		if t.unverified {
+			out = append(out, uid)
+		}
 	}
+	sort.Strings(out)
+	return out
+}
+
+// ReleaseAll releases every captured pod: its rules are removed and its
+// captured mark (with an Annotator) cleared; ztunnel is told when
+// connected. For uninstalling the agent from the node; call it after Run
+// returned, or Run captures the pods again. Errors are joined; a pod that
+// fails stays tracked.
+func (a *Agent) ReleaseAll(ctx context.Context) error {
 	var errs []error
-	inSource := make(map[string]Pod, len(pods))
-	for _, p := range pods {
-		inSource[p.UID] = p
-		if len(p.IPs) == 0 || !enrollment.Enrolled(p.Labels, p.NamespaceLabels) {
-			continue
-		}
-		if _, ok := a.lookup(p.UID); ok {
-			continue
-		}
-		if p.Netns == "" {
-			a.log.Debug("enrolled pod has no known netns; waiting for its CNI ADD", "pod", p.Name, "namespace", p.Namespace)
-			continue
-		}
-		if err := a.reconcileCapture(ctx, p.UID); err != nil {
-			errs = append(errs, err)
-		}
-	}
 	for _, uid := range a.Captured() {
-		if p, ok := inSource[uid]; ok && enrollment.Enrolled(p.Labels, p.NamespaceLabels) {
+		t, ok := a.lookup(uid)
+		if !ok {
 			continue
 		}
-		if err := a.reconcileRelease(ctx, uid); err != nil {
-			errs = append(errs, err)
+		unlock, err := a.locks.lock(ctx, uid)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
 		}
-	}
-	if err := a.reconcileMarks(ctx); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
-// reconcileMarks makes each source pod's captured mark match whether the
-// agent tracks it (no-op without an Annotator). It reads the source again:
-// the steps above changed what is tracked.
-func (a *Agent) reconcileMarks(ctx context.Context) error {
-	if a.cfg.Annotator == nil {
-		return nil
-	}
-	pods, _ := a.cfg.Source.Pods()
-	var errs []error
-	for _, p := range pods {
-		_, captured := a.lookup(p.UID)
-		if captured == p.Redirected {
-			continue
-		}
-		if err := a.cfg.Annotator.Annotate(ctx, p, captured); err != nil {
+		err = a.releaseLocked(ctx, uid, t.pod.Key(), "")
+		unlock()
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		a.log.Debug("pod mark updated", "pod", p.Name, "namespace", p.Namespace, "captured", captured)
+		if a.cfg.Annotator != nil {
+			if err := a.cfg.Annotator.Annotate(ctx, t.pod, false); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	return errors.Join(errs...)
-}
-
-// reconcileCapture captures one pod, re-reading the source under its lock.
-func (a *Agent) reconcileCapture(ctx context.Context, uid string) error {
-	unlock, err := a.locks.lock(ctx, uid)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	p, ok, _ := a.sourcePod(uid)
-	if !ok || len(p.IPs) == 0 || p.Netns == "" || !enrollment.Enrolled(p.Labels, p.NamespaceLabels) {
-		return nil
-	}
-	if _, ok := a.lookup(uid); ok {
-		return nil
-	}
-	if err := a.captureAndAdd(ctx, p, p.Netns, true); err != nil {
-		return err
-	}
-	a.log.Info("pod captured by reconcile", "pod", p.Name, "namespace", p.Namespace, "uid", uid)
-	return nil
-}
-
-// reconcileRelease releases one pod, re-reading the source under its lock
-// (an Enroll may have just captured a pod newer than the caller's list).
-func (a *Agent) reconcileRelease(ctx context.Context, uid string) error {
-	unlock, err := a.locks.lock(ctx, uid)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	t, ok := a.lookup(uid)
-	if !ok {
-		return nil
-	}
-	p, inSource, synced := a.sourcePod(uid)
-	if !synced || (inSource && enrollment.Enrolled(p.Labels, p.NamespaceLabels)) {
-		return nil
-	}
-	return a.releaseLocked(ctx, uid, t.pod.Key(), "")
-}
-
-// Run reconciles at once, on every source change and every ResyncInterval
-// until ctx ends. Errors are logged and retried.
-func (a *Agent) Run(ctx context.Context) {
-	tick := time.NewTicker(a.cfg.ResyncInterval)
-	defer tick.Stop()
-	for {
-		changed := a.cfg.Source.Changed()
-		if err := a.Reconcile(ctx); err != nil && ctx.Err() == nil {
-			a.log.Error("reconciling pods (retried at the next change or resync)", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-tick.C:
-		}
-	}
 }

@@ -87,7 +87,7 @@ func TestEnrollRefusesForeignNetns(t *testing.T) {
 	e.setPods(server, legacy, forged)
 	resp, err = e.enroll(forged)
 	requireRefused(t, resp, err, "already captured for pod mesh/server", "mesh/forged")
-	if err := e.agent.Reconcile(context.Background()); !errors.Is(err, agent.ErrForeignNetns) {
+	if err := e.agent.ReconcileAll(context.Background()); !errors.Is(err, agent.ErrForeignNetns) {
 		t.Fatalf("Reconcile = %v, want the forged pod refused", err)
 	}
 	z.expectNone(t)
@@ -138,7 +138,7 @@ func TestProcVerifierAgent(t *testing.T) {
 	if got := e.agent.Captured(); len(got) != 0 {
 		t.Fatalf("Captured = %v after Discover", got)
 	}
-	if err := e.agent.Reconcile(context.Background()); !errors.Is(err, agent.ErrForeignNetns) || !strings.Contains(err.Error(), "is pod uid "+b.UID+"'s") {
+	if err := e.agent.ReconcileAll(context.Background()); !errors.Is(err, agent.ErrForeignNetns) || !strings.Contains(err.Error(), "is pod uid "+b.UID+"'s") {
 		t.Fatalf("Reconcile = %v, want d refused", err)
 	}
 	// The same Reconcile captured a, from its own netns.

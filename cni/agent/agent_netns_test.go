@@ -110,6 +110,11 @@ type env struct {
 	marks *markStore
 	// verifier, if set before start, is the agent's Verifier.
 	verifier agent.NetnsVerifier
+	// finder, if set before start, is the agent's NetnsFinder.
+	finder agent.NetnsFinder
+	// noNetns, if set before start, hides the pods' netns records from
+	// the agent, as KubeSource does.
+	noNetns bool
 
 	zdsPath string
 	srv     *zds.Server
@@ -202,11 +207,14 @@ func (e *env) start(run bool) {
 	cfg := agent.Config{
 		Node: node, Source: e.src, Capture: e.backend, ZDS: srv,
 		PodWait: 3 * time.Second, ZtunnelWait: 300 * time.Millisecond, ResyncInterval: time.Hour,
-		Verifier: e.verifier,
+		Verifier: e.verifier, NetnsFinder: e.finder,
 	}
 	if e.marks != nil {
 		e.marks.PodSource = e.src
 		cfg.Source, cfg.Annotator = e.marks, e.marks
+	}
+	if e.noNetns {
+		cfg.Source = noNetnsSource{cfg.Source}
 	}
 	a, err = agent.New(cfg)
 	if err != nil {
@@ -499,7 +507,7 @@ func TestRestartDiscoversCapturedPods(t *testing.T) {
 	if ev := z.next(t); ev.kind != "snapshot" || !slices.Equal(ev.uids, []string{a.UID}) {
 		t.Fatalf("got %+v, want snapshot_sent with %s", ev, a.UID)
 	}
-	if err := e.agent.Reconcile(context.Background()); err != nil {
+	if err := e.agent.ReconcileAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	z.expectNone(t) // no duplicate add

@@ -30,11 +30,12 @@ const (
 	RedirectionAnnotation = "ambient.istio.io/redirection"
 	RedirectionEnabled    = "enabled"
 	// NetnsAnnotation holds the path of the pod's network namespace. The
-	// agent only reads it. Kubernetes does not publish a pod's netns: on a
-	// real node the agent learns it from the CNI ADD call (Enroll); a pod
-	// that becomes enrolled after it started is captured only when this
-	// annotation names its netns. The test node (e2e/kube/testnode) writes
-	// it for every pod it runs; it is that node's contract, not Istio's.
+	// test node (e2e/kube/testnode) writes it for every pod it runs, for
+	// the tests; it is that node's contract, not Istio's. The agent reads
+	// it only when KubeSource.ReadNetnsAnnotation is set (flag
+	// --trust-netns-annotation): anyone allowed to patch a pod can write
+	// it. Kubernetes does not publish a pod's netns: a real node's agent
+	// learns it from CNI ADD (Enroll) or from /proc (ProcNetnsFinder).
 	NetnsAnnotation = "ambit.dev/netns"
 )
 
@@ -57,6 +58,10 @@ type KubeSource struct {
 	node   string
 	resync time.Duration
 	log    *slog.Logger
+
+	// ReadNetnsAnnotation makes Pods report NetnsAnnotation as Pod.Netns
+	// (test nodes only; set before Run).
+	ReadNetnsAnnotation bool
 
 	mu      sync.Mutex
 	pods    cache.Store // set by Run; nil before
@@ -162,7 +167,7 @@ func (s *KubeSource) Pods() ([]Pod, bool) {
 				nsLabels = ns.Labels
 			}
 		}
-		if p, ok := podFromKube(kp, nsLabels); ok {
+		if p, ok := podFromKube(kp, nsLabels, s.ReadNetnsAnnotation); ok {
 			out = append(out, p)
 		}
 	}
@@ -171,8 +176,9 @@ func (s *KubeSource) Pods() ([]Pod, bool) {
 }
 
 // podFromKube converts a Kubernetes pod; ok is false for pods the agent has
-// no business with (finished, host network). The maps are copies.
-func podFromKube(kp *corev1.Pod, nsLabels map[string]string) (Pod, bool) {
+// no business with (finished, host network). The maps are copies. Netns
+// is NetnsAnnotation when readNetns.
+func podFromKube(kp *corev1.Pod, nsLabels map[string]string, readNetns bool) (Pod, bool) {
 	if kp.Spec.HostNetwork || kp.Status.Phase == corev1.PodSucceeded || kp.Status.Phase == corev1.PodFailed {
 		return Pod{}, false
 	}
@@ -183,8 +189,10 @@ func podFromKube(kp *corev1.Pod, nsLabels map[string]string) (Pod, bool) {
 		ServiceAccount:  kp.Spec.ServiceAccountName,
 		Labels:          maps.Clone(kp.Labels),
 		NamespaceLabels: maps.Clone(nsLabels),
-		Netns:           kp.Annotations[NetnsAnnotation],
 		Redirected:      kp.Annotations[RedirectionAnnotation] == RedirectionEnabled,
+	}
+	if readNetns {
+		p.Netns = kp.Annotations[NetnsAnnotation]
 	}
 	if p.ServiceAccount == "" {
 		p.ServiceAccount = "default"

@@ -68,6 +68,7 @@ func TestKubeSourceFiltersAndConverts(t *testing.T) {
 		kubePod("plain", "pending", "n1", func(p *corev1.Pod) { p.Spec.ServiceAccountName = ""; p.Status.Phase = corev1.PodPending }),
 	)
 	s := agent.NewKubeSource(client, "n1", 0, nil)
+	s.ReadNetnsAnnotation = true
 	if pods, synced := s.Pods(); synced || len(pods) != 0 {
 		t.Fatalf("before Run: %v %v", pods, synced)
 	}

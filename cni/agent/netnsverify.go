@@ -23,6 +23,14 @@ var (
 	// (yet). Wraps ErrForeignNetns. Enroll waits for the record up to
 	// Config.PodWait.
 	ErrNetnsUnrecorded = fmt.Errorf("%w: no network namespace recorded for the pod", ErrForeignNetns)
+	// ErrNetnsNoPodProcess: no process of any pod runs in the network
+	// namespace (none at all, or only processes outside pods), so
+	// ProcVerifier cannot tell whose it is (yet). Wraps ErrForeignNetns.
+	ErrNetnsNoPodProcess = fmt.Errorf("%w: no process of a pod in it", ErrForeignNetns)
+	// ErrNetnsNoProcess: no process at all runs in the network namespace.
+	// Wraps ErrNetnsNoPodProcess. The agent accepts such a netns on CNI
+	// ADD only, as unverified (see the package doc).
+	ErrNetnsNoProcess = fmt.Errorf("%w: no sandbox process yet", ErrNetnsNoPodProcess)
 )
 
 // NetnsVerifier decides whether a network namespace is a pod's own before
@@ -73,7 +81,8 @@ func (v RecordVerifier) VerifyNetns(_ context.Context, pod Pod, path string, id 
 // pod<uid> with dashes, cgroupfs driver, or underscores, systemd driver).
 // A namespace with a process of another pod is refused. A namespace with
 // no process of any pod (none at all, or only processes outside pods) is
-// decided by Fallback, or refused without one.
+// decided by Fallback, or refused without one: with ErrNetnsNoPodProcess,
+// ErrNetnsNoProcess when no process at all runs in it.
 type ProcVerifier struct {
 	// Proc is the host's /proc ("/proc" if empty); the agent needs the
 	// host's PID namespace.
@@ -112,10 +121,10 @@ func (v ProcVerifier) VerifyNetns(ctx context.Context, pod Pod, path string, id 
 	}
 	if outside != nil {
 		return fmt.Errorf("%w: netns %s (%s) is used by process %d, which belongs to no pod (cgroup %s); expected a process of pod %s (uid %s) in it",
-			ErrForeignNetns, path, id, outside.pid, outside.cgroup, pod.Key(), pod.UID)
+			ErrNetnsNoPodProcess, path, id, outside.pid, outside.cgroup, pod.Key(), pod.UID)
 	}
 	return fmt.Errorf("%w: no process runs in netns %s (%s); expected the sandbox of pod %s (uid %s), a process whose cgroup names pod%s",
-		ErrForeignNetns, path, id, pod.Key(), pod.UID, pod.UID)
+		ErrNetnsNoProcess, path, id, pod.Key(), pod.UID, pod.UID)
 }
 
 // nsProc is a process found in a namespace.

@@ -187,6 +187,20 @@ func (m *mesh) labelNamespace(t *testing.T, name string, labels map[string]strin
 // node, running command, and waits until it runs.
 func (m *mesh) pod(ctx context.Context, namespace, name, node string, command []string) *corev1.Pod {
 	m.t.Helper()
+	m.createPod(ctx, namespace, name, node, command)
+	wctx, cancel := context.WithTimeout(ctx, convergeWithin)
+	defer cancel()
+	got, err := m.nodes.WaitRunning(wctx, namespace, name)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return got
+}
+
+// createPod creates the pod of m.pod, changed by mods, without waiting
+// for it.
+func (m *mesh) createPod(ctx context.Context, namespace, name, node string, command []string, mods ...func(*corev1.Pod)) {
+	m.t.Helper()
 	if _, err := m.c.CreateServiceAccount(ctx, namespace, name); err != nil && !apierrors.IsAlreadyExists(err) {
 		m.t.Fatal(err)
 	}
@@ -197,6 +211,9 @@ func (m *mesh) pod(ctx context.Context, namespace, name, node string, command []
 			Containers: []corev1.Container{{Name: "app", Image: "ambit/echo", Command: command}},
 		},
 	}
+	for _, mod := range mods {
+		mod(p)
+	}
 	// The service account admission needs the account in its cache.
 	if err := cluster.Eventually(ctx, "creating pod "+namespace+"/"+name, func(ctx context.Context) error {
 		_, err := m.c.Client.CoreV1().Pods(namespace).Create(ctx, p, metav1.CreateOptions{})
@@ -204,13 +221,6 @@ func (m *mesh) pod(ctx context.Context, namespace, name, node string, command []
 	}); err != nil {
 		m.t.Fatal(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, convergeWithin)
-	defer cancel()
-	got, err := m.nodes.WaitRunning(wctx, namespace, name)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	return got
 }
 
 // waitCaptured waits until the pod's netns holds the capture table and its

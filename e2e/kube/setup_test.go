@@ -31,10 +31,14 @@ import (
 
 // Fixed parts of the test mesh.
 const (
-	nodeA, nodeB   = "node-a", "node-b"
-	systemNS       = "istio-system"
-	ztunnelSA      = "ztunnel"
-	agentSA        = "ambit-cni"
+	nodeA, nodeB = "node-a", "node-b"
+	systemNS     = "istio-system"
+	ztunnelSA    = "ztunnel"
+	agentSA      = "ambit-cni"
+	// agentDaemonSet is the cni-agents' DaemonSet (--daemonset): while it
+	// exists an agent's exit leaves the node as it is; without it, the
+	// agent uninstalls itself.
+	agentDaemonSet = "ambit-cni-node"
 	trustDomain    = "cluster.local"
 	istiodPort     = 15012
 	istiodReady    = 8080
@@ -64,6 +68,16 @@ type mesh struct {
 	rootCert string
 	// ztunnelToken is each node's ztunnel token (bound to its Pod object).
 	ztunnelToken map[string]string
+	// procs are the node processes startNode runs, by node and name
+	// ("cni-agent", "ztunnel"), for tests that kill and restart them.
+	procs map[string]map[string]*nodeProc
+}
+
+// nodeProc is a process of a node and how to start it again.
+type nodeProc struct {
+	node, name, bin string
+	args            []string
+	proc            local.Proc
 }
 
 func (m *mesh) istiodAddr() string {
@@ -82,7 +96,7 @@ func newMesh(t *testing.T) *mesh {
 	c := cluster.Shared(t)
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	m := &mesh{t: t, c: c, dir: t.TempDir(), ztunnelToken: map[string]string{}}
+	m := &mesh{t: t, c: c, dir: t.TempDir(), ztunnelToken: map[string]string{}, procs: map[string]map[string]*nodeProc{}}
 	m.bin = filepath.Join(m.dir, "bin")
 	crds, err := cluster.IstioCRDs(ctx)
 	if err != nil {
@@ -136,6 +150,9 @@ func (m *mesh) createSystem(ctx context.Context) {
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "patch"}},
 			{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "list", "watch"}},
+			// --daemonset: is this exit an uninstall?
+			{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
 		},
 	}
 	if _, err := cl.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -236,24 +253,47 @@ func (m *mesh) startNode(ctx context.Context, node string) {
 	}
 	nd := m.nodes.NodeDir(node)
 	zds := filepath.Join(nd, "ztunnel.sock")
-	if _, err := m.nodes.Launch(node, "cni-agent-"+node, filepath.Join(m.bin, "cni-agent"), []string{
+	m.launch(node, "cni-agent", []string{
 		"--node", node, "--pod-source", "kubernetes", "--kubeconfig", agentKC,
 		"--agent-socket", filepath.Join(nd, "cni-agent.sock"), "--zds-socket", zds,
 		"--cni-bin-dir", filepath.Join(m.dir, "cni-bin"), "--cni-conf-dir", m.nodes.NetD(node),
-		"--plugin-binary", filepath.Join(m.bin, "ambit-cni"), "--uninstall-on-exit", "--log-level", "debug", "--trust-netns-annotation",
-	}, nil); err != nil {
-		t.Fatal(err)
-	}
+		"--plugin-binary", filepath.Join(m.bin, "ambit-cni"), "--daemonset", systemNS + "/" + agentDaemonSet, "--log-level", "debug",
+	})
 	zargs := []string{
 		"--node", node, "--zds-socket", zds, "--trust-domain", trustDomain,
 		"--ca-addr", m.istiodAddr(), "--ca-root", m.rootCert, "--ca-server-name", caServerName,
 		"--token-file", ztTokenFile, "--xds-addr", m.istiodAddr(), "--log-level", "debug",
 	}
-	if _, err := m.nodes.Launch(node, "ztunnel-"+node, filepath.Join(m.bin, "ztunnel"), zargs, nil); err != nil {
-		t.Fatal(err)
-	}
+	m.launch(node, "ztunnel", zargs)
+	m.waitNodeReady(ctx, node)
+}
+
+// waitNodeReady waits for the node's cni-agent and ztunnel to be ready.
+func (m *mesh) waitNodeReady(ctx context.Context, node string) {
 	m.waitHTTP(ctx, node, "cni-agent readiness on "+node, "http://127.0.0.1:8000/healthz/ready")
 	m.waitHTTP(ctx, node, "ztunnel readiness on "+node, "http://127.0.0.1:15021/healthz/ready")
+}
+
+// launch runs m.bin/name with args in the node as "<name>-<node>" and
+// records it in m.procs.
+func (m *mesh) launch(node, name string, args []string) {
+	m.t.Helper()
+	np := &nodeProc{node: node, name: name, bin: filepath.Join(m.bin, name), args: args}
+	m.relaunch(np)
+	if m.procs[node] == nil {
+		m.procs[node] = map[string]*nodeProc{}
+	}
+	m.procs[node][name] = np
+}
+
+// relaunch starts np (again), appending to its log.
+func (m *mesh) relaunch(np *nodeProc) {
+	m.t.Helper()
+	p, err := m.nodes.Launch(np.node, np.name+"-"+np.node, np.bin, np.args, nil)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	np.proc = p
 }
 
 // httpClient makes requests through dial (from inside a network

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/ambit-mesh/ambit/cni/agent"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/capture"
@@ -41,6 +43,12 @@ const (
 	// no pod's process runs in. For test nodes only (e2e/kube/testnode):
 	// anyone allowed to patch a pod can write the annotation.
 	FlagTrustNetnsAnnotation = "trust-netns-annotation"
+	// FlagDaemonSet names the agent's own DaemonSet (namespace/name): at
+	// exit the agent uninstalls itself from the node when it is gone.
+	FlagDaemonSet = "daemonset"
+	// FlagHostProc is the host's /proc as the agent sees it: where it
+	// finds pods' processes (their cgroups and network namespaces).
+	FlagHostProc = "host-proc"
 )
 
 // Environment variables, read as defaults that flags override.
@@ -60,6 +68,8 @@ const (
 	EnvUninstallOnExit = "AMBIT_UNINSTALL_ON_EXIT"
 	EnvPodWait         = "AMBIT_POD_WAIT"
 	EnvZtunnelWait     = "AMBIT_ZTUNNEL_WAIT"
+	EnvDaemonSet       = "AMBIT_DAEMONSET"
+	EnvHostProc        = "AMBIT_HOST_PROC"
 )
 
 // Pod sources.
@@ -98,6 +108,10 @@ type Config struct {
 	ZtunnelWait     time.Duration
 	// TrustNetnsAnnotation: see FlagTrustNetnsAnnotation.
 	TrustNetnsAnnotation bool
+	// DaemonSet: see FlagDaemonSet; zero when not set.
+	DaemonSet types.NamespacedName
+	// HostProc: see FlagHostProc.
+	HostProc string
 }
 
 // parseConfig parses args over the environment (getenv) and validates the
@@ -114,7 +128,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	fs := flag.NewFlagSet("cni-agent", flag.ContinueOnError)
 	fs.SetOutput(usage)
 	var c Config
-	var logLevel, podWait, ztWait string
+	var logLevel, podWait, ztWait, daemonSet string
 	uninstallDefault, uninstallErr := strconv.ParseBool(env(EnvUninstallOnExit, "false"))
 	fs.StringVar(&c.Node, FlagNode, env(EnvNode, ""), "this node's name (required; env "+EnvNode+")")
 	fs.StringVar(&c.AgentSocket, FlagAgentSocket, env(EnvAgentSocket, agentapi.DefaultSocketPath), "unix socket the ambit-cni plugin dials (env "+EnvAgentSocket+")")
@@ -128,10 +142,12 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	fs.StringVar(&c.Capture, FlagCapture, env(EnvCapture, capture.ModeAuto), "capture backend: nftables, iptables or auto (env "+EnvCapture+")")
 	fs.StringVar(&c.HealthAddr, FlagHealthAddr, env(EnvHealthAddr, DefaultHealthAddr), "address serving "+ReadyPath+" (env "+EnvHealthAddr+")")
 	fs.StringVar(&logLevel, FlagLogLevel, env(EnvLogLevel, "info"), "debug, info, warn or error (env "+EnvLogLevel+")")
-	fs.BoolVar(&c.UninstallOnExit, FlagUninstallOnExit, uninstallDefault, "remove ambit-cni from the CNI config on exit, for local mode teardown (env "+EnvUninstallOnExit+")")
+	fs.BoolVar(&c.UninstallOnExit, FlagUninstallOnExit, uninstallDefault, "uninstall on exit: remove ambit-cni from the CNI config, release every captured pod, then remove the plugin binary (env "+EnvUninstallOnExit+")")
 	fs.StringVar(&podWait, FlagPodWait, env(EnvPodWait, DefaultPodWait.String()), "how long an enroll waits for its pod to appear (env "+EnvPodWait+")")
 	fs.StringVar(&ztWait, FlagZtunnelWait, env(EnvZtunnelWait, DefaultZtunnelWait.String()), "how long an enroll waits for ztunnel to connect (env "+EnvZtunnelWait+")")
 	fs.BoolVar(&c.TrustNetnsAnnotation, FlagTrustNetnsAnnotation, false, "test nodes only, with --"+FlagPodSource+" "+PodSourceKubernetes+": accept a pod's netns that no pod's process runs in when the pod's annotation "+agent.NetnsAnnotation+" names it (anyone who can patch the pod can write it)")
+	fs.StringVar(&daemonSet, FlagDaemonSet, env(EnvDaemonSet, ""), "with --"+FlagPodSource+" "+PodSourceKubernetes+": the agent's DaemonSet as namespace/name; at exit the agent uninstalls itself from the node (as --"+FlagUninstallOnExit+") when the DaemonSet is gone, being deleted, unreadable or no longer selects the node; RBAC: daemonsets get (env "+EnvDaemonSet+")")
+	fs.StringVar(&c.HostProc, FlagHostProc, env(EnvHostProc, "/proc"), "with --"+FlagPodSource+" "+PodSourceKubernetes+": the host's /proc (the agent's own with hostPID, or the host's mounted e.g. at /host/proc), where it finds pods' processes by cgroup (env "+EnvHostProc+")")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -158,6 +174,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 		{FlagPluginBinary, EnvPluginBinary, &c.PluginBinary, false},
 		{FlagClusterState, EnvClusterState, &c.ClusterState, true},
 		{FlagKubeconfig, EnvKubeconfig, &c.Kubeconfig, true},
+		{FlagHostProc, EnvHostProc, &c.HostProc, false},
 	} {
 		if *p.v == "" {
 			if !p.optional {
@@ -213,6 +230,17 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	}
 	if c.PodSource == PodSourceLocal && c.Kubeconfig != "" {
 		bad(FlagKubeconfig, EnvKubeconfig, "only for --%s %s", FlagPodSource, PodSourceKubernetes)
+	}
+	if daemonSet != "" {
+		ns, name, ok := strings.Cut(daemonSet, "/")
+		switch {
+		case !ok || ns == "" || name == "" || strings.Contains(name, "/"):
+			bad(FlagDaemonSet, EnvDaemonSet, "%q is not namespace/name (e.g. istio-system/ambit-cni-node)", daemonSet)
+		case c.PodSource != PodSourceKubernetes:
+			bad(FlagDaemonSet, EnvDaemonSet, "only for --%s %s", FlagPodSource, PodSourceKubernetes)
+		default:
+			c.DaemonSet = types.NamespacedName{Namespace: ns, Name: name}
+		}
 	}
 	if c.PodSource == PodSourceLocal && c.TrustNetnsAnnotation {
 		errs = append(errs, fmt.Errorf("--%s: only for --%s %s; local mode checks netns against its cluster state", FlagTrustNetnsAnnotation, FlagPodSource, PodSourceKubernetes))

@@ -44,6 +44,7 @@ func TestParseConfigLocalMode(t *testing.T) {
 		PodSource: "local", ClusterState: "/s/cluster.json", CNIBinDir: "/s/cni/bin", CNIConfDir: "/s/nodes/node-a/net.d",
 		PluginBinary: filepath.Join(filepath.Dir(exe), "ambit-cni"), Capture: "auto", HealthAddr: "127.0.0.1:8000",
 		LogLevel: slog.LevelDebug, UninstallOnExit: true, PodWait: DefaultPodWait, ZtunnelWait: DefaultZtunnelWait,
+		HostProc: "/proc",
 	}
 	if c != want {
 		t.Errorf("got  %+v\nwant %+v", c, want)
@@ -62,6 +63,16 @@ func TestParseConfigKubernetes(t *testing.T) {
 	c, err = parseConfig([]string{"--node", "node-a", "--pod-source", "kubernetes", "--trust-netns-annotation"}, noEnv, exe, io.Discard)
 	if err != nil || !c.TrustNetnsAnnotation {
 		t.Errorf("--trust-netns-annotation: %+v %v", c, err)
+	}
+	c, err = parseConfig([]string{"--node", "node-a", "--pod-source", "kubernetes"}, func(k string) string {
+		return map[string]string{EnvDaemonSet: "istio-system/ambit-cni-node"}[k]
+	}, exe, io.Discard)
+	if err != nil || c.DaemonSet.Namespace != "istio-system" || c.DaemonSet.Name != "ambit-cni-node" {
+		t.Errorf("%s: %+v %v", EnvDaemonSet, c.DaemonSet, err)
+	}
+	c, err = parseConfig([]string{"--node", "node-a", "--pod-source", "kubernetes", "--host-proc", "/host/proc"}, noEnv, exe, io.Discard)
+	if err != nil || c.HostProc != "/host/proc" {
+		t.Errorf("--host-proc: %q %v", c.HostProc, err)
 	}
 	// No kubeconfig: in-cluster config.
 	env := map[string]string{EnvNode: "n", EnvPodSource: "kubernetes"}
@@ -119,6 +130,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"empty socket", append(base, "--agent-socket", ""), nil, []string{"--agent-socket", "must not be empty"}},
 		{"plugin binary missing", append(base, "--plugin-binary", "/nonexistent/ambit-cni"), nil, []string{"--plugin-binary", "go build"}},
 		{"bad env bool", base, map[string]string{EnvUninstallOnExit: "maybe"}, []string{"--uninstall-on-exit", EnvUninstallOnExit, "maybe"}},
+		{"daemonset with local", append(base, "--daemonset", "istio-system/ambit"), nil, []string{"--daemonset", "only for --pod-source kubernetes"}},
+		{"daemonset form", []string{"--node", "n", "--pod-source", "kubernetes", "--daemonset", "ambit"}, nil, []string{"--daemonset", `"ambit" is not namespace/name`}},
+		{"daemonset env form", []string{"--node", "n", "--pod-source", "kubernetes"}, map[string]string{EnvDaemonSet: "a/b/c"}, []string{EnvDaemonSet, `"a/b/c"`}},
 		{"extra argument", append(base, "extra"), nil, []string{`unexpected argument "extra"`}},
 		{"unknown flag", append(base, "--nodes", "x"), nil, []string{"nodes"}},
 	} {

@@ -5,7 +5,11 @@
 //
 // On SIGTERM or SIGINT it stops serving and exits 0. It leaves capture rules
 // in place (pods stay protected across agent restarts) and leaves the plugin
-// installed unless --uninstall-on-exit is set.
+// installed, unless it is uninstalled: with --uninstall-on-exit, or with
+// --daemonset when its DaemonSet is gone, being deleted, unreadable or no
+// longer selects the node (see uninstalling). Then it removes ambit-cni
+// from the CNI config, releases every captured pod and removes the plugin
+// binary, in that order (see uninstall).
 package main
 
 import (
@@ -58,33 +62,35 @@ func main() {
 	log.Info("cni-agent stopped")
 }
 
-// podSource returns the configured pod source, its Annotator (nil for local
-// mode) and the function that runs it until ctx ends.
-func podSource(cfg Config, log *slog.Logger) (agent.PodSource, agent.Annotator, func(context.Context) error, error) {
+// podSource returns the configured pod source, its Annotator and
+// Kubernetes client (nil for local mode) and the function that runs it
+// until ctx ends.
+func podSource(cfg Config, log *slog.Logger) (agent.PodSource, agent.Annotator, kubernetes.Interface, func(context.Context) error, error) {
 	if cfg.PodSource == PodSourceLocal {
 		src := agent.NewLocalSource(cfg.ClusterState, cfg.Node, 0, log)
-		return src, nil, func(ctx context.Context) error { src.Run(ctx); return nil }, nil
+		return src, nil, nil, func(ctx context.Context) error { src.Run(ctx); return nil }, nil
 	}
 	var rc *rest.Config
 	var err error
 	if cfg.Kubeconfig == "" {
 		rc, err = rest.InClusterConfig()
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--%s %s without --%s: %w: run in a pod or pass a kubeconfig", FlagPodSource, PodSourceKubernetes, FlagKubeconfig, err)
+			return nil, nil, nil, nil, fmt.Errorf("--%s %s without --%s: %w: run in a pod or pass a kubeconfig", FlagPodSource, PodSourceKubernetes, FlagKubeconfig, err)
 		}
 	} else {
 		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--%s %s: %w", FlagKubeconfig, cfg.Kubeconfig, err)
+			return nil, nil, nil, nil, fmt.Errorf("--%s %s: %w", FlagKubeconfig, cfg.Kubeconfig, err)
 		}
 	}
 	rc.UserAgent = "ambit-cni-agent/" + cfg.Node
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("creating the Kubernetes client: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("creating the Kubernetes client: %w", err)
 	}
 	src := agent.NewKubeSource(client, cfg.Node, 0, log)
-	return src, src, src.Run, nil
+	src.ReadNetnsAnnotation = cfg.TrustNetnsAnnotation
+	return src, src, client, src.Run, nil
 }
 
 // netnsVerifier returns how the agent checks that a netns is a pod's:
@@ -94,7 +100,7 @@ func netnsVerifier(cfg Config, log *slog.Logger) agent.NetnsVerifier {
 	if cfg.PodSource == PodSourceLocal {
 		return agent.RecordVerifier{Record: "local mode's cluster state " + cfg.ClusterState}
 	}
-	v := agent.ProcVerifier{}
+	v := agent.ProcVerifier{Proc: cfg.HostProc}
 	if cfg.TrustNetnsAnnotation {
 		log.Warn("trusting pod annotation "+agent.NetnsAnnotation+" for netns no pod's process runs in; only for test nodes", "flag", "--"+FlagTrustNetnsAnnotation)
 		v.Fallback = agent.RecordVerifier{Record: "pod annotation " + agent.NetnsAnnotation}
@@ -136,7 +142,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--%s %s: %w", FlagCapture, cfg.Capture, err)
 	}
-	src, annotator, runSource, err := podSource(cfg, log)
+	src, annotator, client, runSource, err := podSource(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -168,8 +174,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("configuring the plugin installer: %w", err)
 	}
 
+	var finder agent.NetnsFinder
+	if cfg.PodSource == PodSourceKubernetes {
+		finder = agent.ProcNetnsFinder{Proc: cfg.HostProc}
+	}
 	var zdsServing atomic.Bool
 	a, err = agent.New(agent.Config{
+		NetnsFinder: finder,
 		Node:        cfg.Node,
 		Source:      src,
 		Capture:     backend,
@@ -254,12 +265,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	_ = healthSrv.Shutdown(shutdownCtx)
 	zsrv.Close()
 	wg.Wait()
-	if cfg.UninstallOnExit {
-		if err := inst.Uninstall(shutdownCtx); err != nil {
-			log.Error("removing ambit-cni from the CNI config", "err", err)
-		} else {
-			log.Info("removed ambit-cni from the CNI config", "dir", cfg.CNIConfDir)
-		}
+	if cfg.UninstallOnExit || (cfg.DaemonSet.Name != "" && uninstalling(shutdownCtx, client, cfg.DaemonSet, cfg.Node, log)) {
+		uninstall(shutdownCtx, cfg, inst, a, log)
 	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause

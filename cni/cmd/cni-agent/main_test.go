@@ -166,7 +166,15 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// TestBinary runs the built cni-agent in local mode: install, ADD, the
+// refusals, and exit on SIGTERM, leaving the pods captured or, with
+// --uninstall-on-exit, uninstalling.
 func TestBinary(t *testing.T) {
+	t.Run("Restart", func(t *testing.T) { testBinary(t, false) })
+	t.Run("UninstallOnExit", func(t *testing.T) { testBinary(t, true) })
+}
+
+func testBinary(t *testing.T, uninstall bool) {
 	netnstest.RequireRoot(t)
 	backend, err := capture.New(capture.ModeNFTables)
 	if err != nil {
@@ -189,7 +197,8 @@ func TestBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	conflist := filepath.Join(confDir, "10-test.conflist")
-	if err := os.WriteFile(conflist, []byte(`{"cniVersion":"1.0.0","name":"testnet","plugins":[{"type":"noop-primary"}]}`), 0o644); err != nil {
+	primary := []byte(`{"cniVersion":"1.0.0","name":"testnet","plugins":[{"type":"noop-primary"}]}`)
+	if err := os.WriteFile(conflist, primary, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	netnstest.New(t, prefix+"a")
@@ -207,10 +216,13 @@ func TestBinary(t *testing.T) {
 	}
 
 	var out syncBuffer
-	agent := exec.Command(filepath.Join(binDir, "cni-agent"),
-		"--node", "node-a", "--agent-socket", agentSock, "--zds-socket", zdsSock,
+	args := []string{"--node", "node-a", "--agent-socket", agentSock, "--zds-socket", zdsSock,
 		"--pod-source", "local", "--cluster-state", state, "--cni-bin-dir", cniBinDir, "--cni-conf-dir", confDir,
-		"--capture", "nftables", "--health-addr", health, "--log-level", "debug", "--ztunnel-wait", "500ms")
+		"--capture", "nftables", "--health-addr", health, "--log-level", "debug", "--ztunnel-wait", "500ms"}
+	if uninstall {
+		args = append(args, "--uninstall-on-exit")
+	}
+	agent := exec.Command(filepath.Join(binDir, "cni-agent"), args...)
 	agent.Stdout, agent.Stderr = &out, &out
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
@@ -404,10 +416,37 @@ func TestBinary(t *testing.T) {
 	case <-time.After(testWait):
 		t.Fatal("cni-agent did not exit after SIGTERM")
 	}
-	if err := verify(podA); err != nil {
-		t.Errorf("capture rules of pod a after the agent stopped: %v", err)
-	}
 	if _, err := os.Stat(agentSock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("agent socket left behind: %v", err)
+	}
+	if !uninstall {
+		if err := verify(podA); err != nil {
+			t.Errorf("capture rules of pod a after the agent stopped: %v", err)
+		}
+		return
+	}
+	// Uninstalled: no pod captured, the conflist as the primary CNI wrote
+	// it, the binary gone, in that order (the log's).
+	for _, p := range []localcluster.Pod{podA, podB} {
+		if err := verify(p); !errors.Is(err, capture.ErrMismatch) {
+			t.Errorf("pod %s after the uninstall: Verify = %v, want no rules", p.Name, err)
+		}
+	}
+	var compact bytes.Buffer
+	if data, err := os.ReadFile(conflist); err != nil || json.Compact(&compact, data) != nil || !bytes.Equal(compact.Bytes(), primary) {
+		t.Errorf("conflist after the uninstall: %s (%v), want %s", data, err, primary)
+	}
+	if _, err := os.Stat(filepath.Join(cniBinDir, "ambit-cni")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("ambit-cni binary after the uninstall: %v, want it removed", err)
+	}
+	log := out.String()
+	steps := []string{"removed ambit-cni from the CNI config", "released every captured pod", "removed the ambit-cni binary"}
+	last := -1
+	for _, s := range steps {
+		i := strings.Index(log, s)
+		if i < 0 || i < last {
+			t.Errorf("agent log: %q missing or out of order (want %q):\n%s", s, steps, log)
+		}
+		last = i
 	}
 }

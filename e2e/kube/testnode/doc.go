@@ -26,20 +26,32 @@
 // # Pods (the test node's contract)
 //
 //   - A pod bound to a node gets a netns; its path goes into the annotation
-//     ambit.dev/netns (cni/agent.NetnsAnnotation) before CNI ADD, which is
-//     how the node's cni-agent captures a pod whose namespace is enrolled
-//     after the pod started (a real node learns it from CNI ADD only).
+//     ambit.dev/netns (cni/agent.NetnsAnnotation) before CNI ADD, for the
+//     tests (a cni-agent reads it only with --trust-netns-annotation).
+//   - Each pod's process runs in a cgroup named as kubelet's cgroupfs
+//     driver names it, PodCgroup: <root>/ambitk-testnode/kubepods/pod<uid>
+//     (CgroupParent), in the first writable hierarchy of cgroup v2 (the
+//     hybrid layout's /sys/fs/cgroup/unified, or /sys/fs/cgroup) or v1's
+//     pids. So a cni-agent finds a running pod's netns from /proc and
+//     verifies a netns by its processes' cgroups, as on a real node.
+//     Start clears CgroupParent's leftovers; a pod's cgroup is removed
+//     with the pod, and CgroupParent at Stop.
 //   - CNI ADD runs the node's conflist (bridge + host-local, network
 //     NetworkName, in NetD(node)) once the node's cni-agent has appended
 //     ambit-cni to it, with K8S_POD_* arguments, from inside the node's
 //     namespace, as a runtime would. A failed ADD is retried with backoff
-//     and the pod stays Pending (fail closed).
+//     and the pod stays Pending (fail closed). A pod annotated
+//     WithoutAmbitCNIAnnotation gets the chain without ambit-cni, as if
+//     the runtime had read the conflist while the primary CNI had
+//     rewritten it.
 //   - The command is spec.containers[0].command plus args; the program is
 //     looked up in Options.BinDir, then in PATH. It runs in the pod's netns
 //     via nsenter with POD_NAME, POD_NAMESPACE and the container's literal
-//     env values. No command: the pod only gets its network.
-//   - Host-network pods get no netns and no CNI: their IP is the node's
-//     and their command runs in the node's namespace.
+//     env values, and starts after CNI ADD, as containerd starts the
+//     sandbox after it. No command: a pause process (sleep infinity) holds
+//     the pod's place, as a sandbox does.
+//   - Host-network pods get no netns, no CNI and no cgroup: their IP is
+//     the node's and their command, if any, runs in the node's namespace.
 //   - Status: phase Running, podIP(s), hostIP(s), conditions Ready and
 //     ContainersReady True once the command started (no probes).
 //   - Deletion: a pod with a deletion timestamp has its process stopped,

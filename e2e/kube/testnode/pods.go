@@ -46,7 +46,14 @@ type runningPod struct {
 	hostNetwork                     bool
 	ips                             []netip.Addr
 	proc                            *local.Proc
+	cgroup                          string // the pod's cgroup dir; "" for host-network pods
 }
+
+// WithoutAmbitCNIAnnotation, set to "true" on a pod, makes its CNI ADD run
+// the node's chain without ambit-cni: as a runtime that read the conflist
+// in the moment the primary CNI had rewritten it without ambit-cni, before
+// the cni-agent put it back. The pod starts uncaptured.
+const WithoutAmbitCNIAnnotation = "testnode.ambit.dev/without-ambit-cni"
 
 // PodNetns is the network namespace of the pod with this UID.
 func PodNetns(uid types.UID) string { return NetnsPrefix + "pod-" + string(uid) }
@@ -205,11 +212,21 @@ func (n *Nodes) startPod(ctx context.Context, pod *corev1.Pod) (*runningPod, err
 	if err != nil {
 		return fail(err)
 	}
+	if pod.Annotations[WithoutAmbitCNIAnnotation] == "true" {
+		short := *list
+		short.Plugins = slices.DeleteFunc(slices.Clone(list.Plugins), func(p *libcni.NetworkConfig) bool { return p.Network.Type == local.AmbitCNIType })
+		list = &short
+	}
 	ips, err := n.cni(ctx, rp, list, true)
 	if err != nil {
 		return fail(fmt.Errorf("CNI ADD: %w (plugin log %s)", err, n.LogPath("cni-"+rp.node)))
 	}
 	rp.ips = ips
+	// As containerd: the sandbox's first process starts after CNI ADD.
+	rp.cgroup = PodCgroup(n.cgroupRoot, pod.UID)
+	if err := os.MkdirAll(rp.cgroup, 0o755); err != nil {
+		return fail(fmt.Errorf("creating the pod's cgroup: %w", err))
+	}
 	if err := n.startCommand(pod, rp); err != nil {
 		return fail(err)
 	}
@@ -229,23 +246,38 @@ func (n *Nodes) track(rp *runningPod) (*runningPod, error) {
 	return rp, nil
 }
 
-// startCommand starts the first container's command, if any, in rp's netns.
+// startCommand starts the first container's command in rp's netns and,
+// unless the pod is on the host network, in its cgroup (rp.cgroup) before
+// the program runs. A pod without a command gets a pause process (sleep
+// infinity), as a sandbox; a host-network pod without one gets nothing.
 func (n *Nodes) startCommand(pod *corev1.Pod, rp *runningPod) error {
 	c := pod.Spec.Containers
-	if len(c) == 0 || len(c[0].Command) == 0 {
+	var cmd, args []string
+	if len(c) > 0 && len(c[0].Command) > 0 {
+		cmd, args = c[0].Command, c[0].Args
+	} else if !rp.hostNetwork {
+		cmd = []string{"sleep", "infinity"}
+	} else {
 		return nil
 	}
-	bin, err := n.findBinary(c[0].Command[0])
+	bin, err := n.findBinary(cmd[0])
 	if err != nil {
 		return err
 	}
 	env := []string{"POD_NAME=" + pod.Name, "POD_NAMESPACE=" + pod.Namespace}
-	for _, e := range c[0].Env {
-		if e.ValueFrom == nil {
-			env = append(env, e.Name+"="+e.Value)
+	if len(c) > 0 {
+		for _, e := range c[0].Env {
+			if e.ValueFrom == nil {
+				env = append(env, e.Name+"="+e.Value)
+			}
 		}
 	}
-	args := append(slices.Clone(c[0].Command[1:]), c[0].Args...)
+	args = append(slices.Clone(cmd[1:]), args...)
+	if rp.cgroup != "" {
+		// The shell joins the cgroup, then becomes the program (same pid).
+		args = append([]string{"-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(rp.cgroup, "cgroup.procs"), bin}, args...)
+		bin = "/bin/sh"
+	}
 	p, _, err := local.Launch(rp.netns, bin, args, env, n.LogPath("pod-"+pod.Namespace+"-"+pod.Name))
 	if err != nil {
 		return err
@@ -263,10 +295,14 @@ func (n *Nodes) teardown(ctx context.Context, rp *runningPod) error {
 	if rp.hostNetwork {
 		return nil
 	}
-	if _, err := os.Stat(netns.Path(rp.netns)); err != nil {
-		return nil
+	var cgErr error
+	if rp.cgroup != "" {
+		cgErr = removeCgroup(rp.cgroup)
 	}
-	var errs []error
+	if _, err := os.Stat(netns.Path(rp.netns)); err != nil {
+		return cgErr
+	}
+	errs := []error{cgErr}
 	if list, err := libcni.LoadNetworkConf(n.NetD(rp.node), NetworkName); err == nil {
 		if _, err := n.cni(ctx, rp, list, false); err != nil {
 			errs = append(errs, fmt.Errorf("CNI DEL of pod %s: %w", rp.key, err))

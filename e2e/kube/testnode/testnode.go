@@ -94,6 +94,8 @@ type Nodes struct {
 	stopErr  error
 	nodeIdx  map[string]int
 	stopOnce sync.Once
+	// cgroupRoot is the hierarchy of the pods' cgroups (see PodCgroup).
+	cgroupRoot string
 }
 
 // Start cleans leftovers of the prefix, builds the network, writes each
@@ -125,6 +127,11 @@ func Start(ctx context.Context, opts Options) (*Nodes, error) {
 }
 
 func (n *Nodes) start(ctx context.Context) error {
+	root, err := cgroupRoot()
+	if err != nil {
+		return err
+	}
+	n.cgroupRoot = root
 	if err := local.CreateBridgeNetns(BackboneNetns, Bridge, netip.PrefixFrom(BackboneIP, BackboneSubnet.Bits())); err != nil {
 		return err
 	}
@@ -157,11 +164,12 @@ func (n *Nodes) start(ctx context.Context) error {
 }
 
 // Cleanup stops the processes in every namespace with the prefix and
-// deletes those namespaces: leftovers of a crashed run. Start calls it.
+// deletes those namespaces, and kills the processes in CgroupParent and
+// removes it: leftovers of a crashed run. Start and Stop call it.
 func Cleanup() error {
 	names, err := netns.List(NetnsPrefix)
 	if err != nil || len(names) == 0 {
-		return err
+		return errors.Join(err, cleanupCgroups())
 	}
 	ids := map[netns.ID]bool{}
 	for _, name := range names {
@@ -176,6 +184,7 @@ func Cleanup() error {
 	for _, name := range names {
 		errs = append(errs, netns.Delete(name))
 	}
+	errs = append(errs, cleanupCgroups())
 	return errors.Join(errs...)
 }
 

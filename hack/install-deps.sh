@@ -49,9 +49,12 @@ go_tool() { # name module version
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck v0.8.2
 
 # The Kubernetes control plane (etcd from Debian; kube-apiserver,
-# kube-controller-manager and kubectl built from source) and Istio's
-# pilot-discovery for the Kubernetes-mode tests. Both are cached by version;
-# the first build takes tens of minutes on two cores, later runs nothing.
+# kube-controller-manager, kubectl, kube-scheduler and kubelet built from
+# source), a real node's runtime (containerd and crictl built from source,
+# runc from Debian) and Istio's pilot-discovery for the Kubernetes-mode
+# tests. All are cached by version; the first build takes tens of minutes on
+# two cores, later runs nothing.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bash "$here/../e2e/kube/build.sh" >/dev/null
+bash "$here/../e2e/kube/realnode/build.sh" >/dev/null
 bash "$here/../e2e/kube/pilot/build.sh" >/dev/null

@@ -6,7 +6,8 @@
 #   KUBE_VERSION   Kubernetes version to build (default v1.37.2)
 #   AMBIT_CACHE    cache root (default $HOME/.cache/ambit)
 #   KUBE_BINARIES  space-separated commands to build
-#                  (default "kube-apiserver kube-controller-manager kubectl")
+#                  (default "kube-apiserver kube-controller-manager kubectl
+#                  kube-scheduler kubelet"; the last two serve e2e/kube/realnode)
 #
 # Binaries land in $AMBIT_CACHE/kube-$KUBE_VERSION/bin, never in the repository,
 # with a link to etcd so the directory also serves as KUBEBUILDER_ASSETS.
@@ -16,7 +17,7 @@ set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 AMBIT_CACHE="${AMBIT_CACHE:-$HOME/.cache/ambit}"
-KUBE_BINARIES="${KUBE_BINARIES:-kube-apiserver kube-controller-manager kubectl}"
+KUBE_BINARIES="${KUBE_BINARIES:-kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet}"
 
 BIN_DIR="$AMBIT_CACHE/kube-$KUBE_VERSION/bin"
 SRC_DIR="$AMBIT_CACHE/kubernetes-src-$KUBE_VERSION"

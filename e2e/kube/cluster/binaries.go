@@ -35,9 +35,10 @@ const (
 // building them was not allowed.
 var ErrNoBinaries = errors.New("kubernetes binaries not built")
 
-// Binaries are the absolute paths of the programs a cluster runs.
+// Binaries are the absolute paths of the programs a cluster runs. Scheduler
+// is built by the same script and required only by Options.Scheduler.
 type Binaries struct {
-	Etcd, APIServer, ControllerManager, Kubectl string
+	Etcd, APIServer, ControllerManager, Kubectl, Scheduler string
 }
 
 func cacheRoot() (string, error) {
@@ -63,9 +64,15 @@ func BinDir(version string) (string, error) {
 	return filepath.Join(root, "kube-"+version, "bin"), nil
 }
 
-func (b Binaries) missing() []string {
+// missing names the required binaries that are not executable; withScheduler
+// adds kube-scheduler to the required set.
+func (b Binaries) missing(withScheduler bool) []string {
 	var out []string
-	for _, p := range []string{b.APIServer, b.ControllerManager, b.Kubectl} {
+	need := []string{b.APIServer, b.ControllerManager, b.Kubectl}
+	if withScheduler {
+		need = append(need, b.Scheduler)
+	}
+	for _, p := range need {
 		if fi, err := os.Stat(p); err != nil || fi.Mode()&0o111 == 0 {
 			out = append(out, filepath.Base(p))
 		}
@@ -85,6 +92,7 @@ func findBinaries(version string) (Binaries, error) {
 		APIServer:         filepath.Join(dir, "kube-apiserver"),
 		ControllerManager: filepath.Join(dir, "kube-controller-manager"),
 		Kubectl:           filepath.Join(dir, "kubectl"),
+		Scheduler:         filepath.Join(dir, "kube-scheduler"),
 	}
 	if p, err := exec.LookPath("etcd"); err == nil {
 		b.Etcd = p
@@ -118,6 +126,12 @@ func BuildScript() (string, error) {
 // two cores; later calls return at once. Concurrent callers are serialized
 // by build.sh's lock file.
 func EnsureBinaries(ctx context.Context, version string, progress io.Writer) (Binaries, error) {
+	return ensureBinaries(ctx, version, progress, false)
+}
+
+// ensureBinaries is EnsureBinaries, also requiring kube-scheduler when
+// withScheduler is set.
+func ensureBinaries(ctx context.Context, version string, progress io.Writer, withScheduler bool) (Binaries, error) {
 	if version == "" {
 		version = DefaultVersion
 	}
@@ -125,7 +139,7 @@ func EnsureBinaries(ctx context.Context, version string, progress io.Writer) (Bi
 	if err != nil {
 		return b, err
 	}
-	missing := b.missing()
+	missing := b.missing(withScheduler)
 	if len(missing) == 0 {
 		return b, nil
 	}
@@ -152,7 +166,7 @@ func EnsureBinaries(ctx context.Context, version string, progress io.Writer) (Bi
 	if b, err = findBinaries(version); err != nil {
 		return b, err
 	}
-	if missing := b.missing(); len(missing) > 0 {
+	if missing := b.missing(withScheduler); len(missing) > 0 {
 		return b, fmt.Errorf("%w: %s still missing after %s", ErrNoBinaries, strings.Join(missing, ", "), script)
 	}
 	return b, nil

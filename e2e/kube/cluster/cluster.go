@@ -48,6 +48,17 @@ type Options struct {
 	// flags (a repeated flag overrides the earlier value).
 	APIServerArgs         []string
 	ControllerManagerArgs []string
+	// Scheduler also starts kube-scheduler (built by ../build.sh like the
+	// rest), for tests with real kubelets (DaemonSet and Deployment pods
+	// need it). SchedulerArgs are appended to its built-in flags.
+	Scheduler     bool
+	SchedulerArgs []string
+	// NodeLifecycle runs the node lifecycle controller, off by default
+	// because test nodes post no heartbeats. Clusters with real kubelets
+	// need it: it removes the not-ready taint kubelets register with.
+	// (--controllers in ControllerManagerArgs cannot re-enable it: the
+	// flag is a list, and a repeated list flag appends.)
+	NodeLifecycle bool
 	// Keep leaves Dir on disk after Stop (AMBIT_KUBE_KEEP=1 does the same).
 	Keep bool
 }
@@ -80,6 +91,7 @@ type Cluster struct {
 	// Binaries are the programs this cluster runs.
 	Binaries Binaries
 
+	pki      *pki
 	keep     bool
 	procs    []*process // in start order
 	stopOnce sync.Once
@@ -105,7 +117,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 3 * time.Minute
 	}
-	bins, err := EnsureBinaries(ctx, opts.Version, opts.Progress)
+	bins, err := ensureBinaries(ctx, opts.Version, opts.Progress, opts.Scheduler)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +161,7 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 	if err != nil {
 		return nil, err
 	}
-	c.CAPEM, c.CAFile = p.caPEM, p.caCert
+	c.CAPEM, c.CAFile, c.pki = p.caPEM, p.caCert, p
 
 	c.AdminToken, err = randomToken()
 	if err != nil {
@@ -211,6 +223,11 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 		"--endpoint-reconciler-type=none",
 		"--allow-privileged=true",
 		"--profiling=false",
+		// Logs, exec and port-forward: the API server calls kubelets at
+		// their InternalIP with this client certificate.
+		"--kubelet-client-certificate=" + p.kubeletCert,
+		"--kubelet-client-key=" + p.kubeletKey,
+		"--kubelet-preferred-address-types=InternalIP",
 	}, opts.APIServerArgs...)
 	api, err := c.startProcess("kube-apiserver", bins.APIServer, apiArgs)
 	if err != nil {
@@ -251,7 +268,7 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 	}
 
 	// kube-controller-manager
-	kcmArgs := append([]string{
+	kcmArgs := []string{
 		"--kubeconfig=" + kcmKubeconfig,
 		"--authentication-kubeconfig=" + kcmKubeconfig,
 		"--authorization-kubeconfig=" + kcmKubeconfig,
@@ -264,13 +281,15 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 		"--cluster-signing-cert-file=" + p.caCert,
 		"--cluster-signing-key-file=" + p.caKey,
 		"--service-cluster-ip-range=" + ServiceCIDR,
-		// No kubelet posts node heartbeats: the node lifecycle controller
-		// would mark every test node's pods NotReady after ~50s. A test
-		// running real kubelets passes --controllers=* to have it back.
-		"--controllers=*,-node-lifecycle-controller",
 		"--kube-api-qps=200",
 		"--kube-api-burst=400",
-	}, opts.ControllerManagerArgs...)
+	}
+	if !opts.NodeLifecycle {
+		// Test nodes post no heartbeats: the node lifecycle controller
+		// would mark their pods NotReady after ~50s.
+		kcmArgs = append(kcmArgs, "--controllers=*,-node-lifecycle-controller")
+	}
+	kcmArgs = append(kcmArgs, opts.ControllerManagerArgs...)
 	kcm, err := c.startProcess("kube-controller-manager", bins.ControllerManager, kcmArgs)
 	if err != nil {
 		return nil, err
@@ -284,9 +303,42 @@ func start(ctx context.Context, opts Options, bins Binaries) (_ *Cluster, retErr
 		return nil, err
 	}
 	phase("kube-controller-manager")
+
+	if opts.Scheduler {
+		if err := c.startScheduler(ctx, opts.SchedulerArgs); err != nil {
+			return nil, err
+		}
+		phase("kube-scheduler")
+	}
 	fmt.Fprintf(opts.Progress, "e2e/kube: cluster %s up in %s (ready at: %s)\n",
 		c.Server, time.Since(begin).Round(time.Millisecond), strings.Join(phases, ", "))
 	return c, nil
+}
+
+// startScheduler starts kube-scheduler and waits until it holds its lease:
+// from then on it binds pending pods.
+func (c *Cluster) startScheduler(ctx context.Context, extra []string) error {
+	kubeconfig := filepath.Join(c.Dir, "scheduler.kubeconfig")
+	if err := writeKubeconfig(kubeconfig, c.Server, c.pki.caCert, "system:kube-scheduler", c.pki.schedCert, c.pki.schedKey); err != nil {
+		return err
+	}
+	args := append([]string{
+		"--kubeconfig=" + kubeconfig,
+		"--authentication-kubeconfig=" + kubeconfig,
+		"--authorization-kubeconfig=" + kubeconfig,
+		"--bind-address=127.0.0.1",
+		"--secure-port=0",
+		"--kube-api-qps=200",
+		"--kube-api-burst=400",
+	}, extra...)
+	sched, err := c.startProcess("kube-scheduler", c.Binaries.Scheduler, args)
+	if err != nil {
+		return err
+	}
+	return pollReady(ctx, sched, "kube-scheduler (Lease kube-system/kube-scheduler)", func(ctx context.Context) error {
+		_, err := c.Client.CoordinationV1().Leases("kube-system").Get(ctx, "kube-scheduler", metav1.GetOptions{})
+		return err
+	})
 }
 
 func (c *Cluster) startProcess(name, bin string, args []string) (*process, error) {
@@ -422,8 +474,14 @@ func FreePorts(n int) ([]int, error) {
 }
 
 func writeKubeconfig(path, server, caFile, user, certFile, keyFile string) error {
+	return writeKubeconfigTLS(path, server, caFile, "", user, certFile, keyFile)
+}
+
+// writeKubeconfigTLS is writeKubeconfig checking the server's certificate
+// under tlsServerName when not empty.
+func writeKubeconfigTLS(path, server, caFile, tlsServerName, user, certFile, keyFile string) error {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["ambit-e2e"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: caFile}
+	cfg.Clusters["ambit-e2e"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: caFile, TLSServerName: tlsServerName}
 	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificate: certFile, ClientKey: keyFile}
 	cfg.Contexts["ambit-e2e"] = &clientcmdapi.Context{Cluster: "ambit-e2e", AuthInfo: user}
 	cfg.CurrentContext = "ambit-e2e"

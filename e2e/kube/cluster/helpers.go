@@ -87,3 +87,24 @@ func (c *Cluster) WaitForServiceAccount(ctx context.Context, namespace, name str
 		return err
 	})
 }
+
+// WriteKubeconfig writes a kubeconfig at path for user in groups, with a new
+// client certificate signed by the cluster CA (path+".crt", path+".key").
+// server replaces Server when not empty (a forwarder to the API server, for a
+// process in another network namespace); the connection then still checks
+// the API server's certificate, under the name "localhost".
+// It is how a test gives a kubelet its identity: user system:node:<name> in
+// group system:nodes, which the Node authorizer recognizes.
+func (c *Cluster) WriteKubeconfig(path, server, user string, groups ...string) error {
+	certFile, keyFile := path+".crt", path+".key"
+	if _, _, err := c.pki.clientCert(certFile, keyFile, user, groups...); err != nil {
+		return err
+	}
+	tlsServerName := ""
+	if server == "" {
+		server = c.Server
+	} else {
+		tlsServerName = "localhost"
+	}
+	return writeKubeconfigTLS(path, server, c.CAFile, tlsServerName, user, certFile, keyFile)
+}

@@ -23,9 +23,16 @@ type pki struct {
 	servingCert, servKey  string // kube-apiserver serving cert
 	adminCert, adminKey   string // client cert, group system:masters
 	kcmCert, kcmKey       string // client cert, user system:kube-controller-manager
+	schedCert, schedKey   string // client cert, user system:kube-scheduler
+	kubeletCert           string // kube-apiserver's client cert for kubelets (system:masters)
+	kubeletKey            string
 	saKey, saPub          string // service-account token signing key pair (RSA)
 	caPEM                 []byte
 	adminCertPEM, adminKP []byte
+
+	ca        *x509.Certificate // signs the leaves, also after makePKI (IssueClientCert)
+	caSig     crypto.Signer
+	notBefore time.Time
 }
 
 // certValidity bounds every certificate; clusters live for one test run.
@@ -59,7 +66,10 @@ func makePKI(dir string) (*pki, error) {
 		servingCert: filepath.Join(dir, "apiserver.crt"), servKey: filepath.Join(dir, "apiserver.key"),
 		adminCert: filepath.Join(dir, "admin.crt"), adminKey: filepath.Join(dir, "admin.key"),
 		kcmCert: filepath.Join(dir, "kcm.crt"), kcmKey: filepath.Join(dir, "kcm.key"),
-		saKey: filepath.Join(dir, "sa.key"), saPub: filepath.Join(dir, "sa.pub"),
+		schedCert: filepath.Join(dir, "scheduler.crt"), schedKey: filepath.Join(dir, "scheduler.key"),
+		kubeletCert: filepath.Join(dir, "apiserver-kubelet-client.crt"),
+		kubeletKey:  filepath.Join(dir, "apiserver-kubelet-client.key"),
+		saKey:       filepath.Join(dir, "sa.key"), saPub: filepath.Join(dir, "sa.pub"),
 	}
 	now := time.Now().Add(-time.Hour)
 
@@ -95,29 +105,8 @@ func makePKI(dir string) (*pki, error) {
 		return nil, err
 	}
 
-	leaf := func(certPath, keyPath string, tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return nil, nil, fmt.Errorf("generating key for %s: %w", tmpl.Subject.CommonName, err)
-		}
-		if tmpl.SerialNumber, err = newSerial(); err != nil {
-			return nil, nil, err
-		}
-		tmpl.NotBefore, tmpl.NotAfter = now, now.Add(certValidity)
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
-		if err != nil {
-			return nil, nil, fmt.Errorf("signing certificate for %s: %w", tmpl.Subject.CommonName, err)
-		}
-		if certPEM, err = writePEM(certPath, "CERTIFICATE", der, 0o644); err != nil {
-			return nil, nil, err
-		}
-		if keyPEM, err = writeKey(keyPath, key); err != nil {
-			return nil, nil, err
-		}
-		return certPEM, keyPEM, nil
-	}
-
+	p.ca, p.caSig, p.notBefore = ca, caKey, now
+	leaf := p.leaf
 	if _, _, err := leaf(p.servingCert, p.servKey, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
@@ -133,11 +122,17 @@ func makePKI(dir string) (*pki, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if _, _, err := leaf(p.kcmCert, p.kcmKey, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "system:kube-controller-manager"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
-		return nil, err
+	for _, c := range []struct{ cert, key, user, group string }{
+		{p.kcmCert, p.kcmKey, "system:kube-controller-manager", ""},
+		{p.schedCert, p.schedKey, "system:kube-scheduler", ""},
+		// The API server calls kubelets (logs, exec, port-forward) as a
+		// member of system:masters, which kubelets' webhook authorization
+		// allows.
+		{p.kubeletCert, p.kubeletKey, "kube-apiserver-kubelet-client", "system:masters"},
+	} {
+		if _, _, err := p.clientCert(c.cert, c.key, c.user, c.group); err != nil {
+			return nil, err
+		}
 	}
 
 	// RSA keeps the tokens RS256, what every JWT consumer (Istio included) accepts.
@@ -156,4 +151,43 @@ func makePKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// leaf signs a new P-256 key with the cluster CA and writes the certificate
+// (tmpl completed with serial, validity and key usage) and the key.
+func (p *pki) leaf(certPath, keyPath string, tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating key for %s: %w", tmpl.Subject.CommonName, err)
+	}
+	if tmpl.SerialNumber, err = newSerial(); err != nil {
+		return nil, nil, err
+	}
+	tmpl.NotBefore, tmpl.NotAfter = p.notBefore, p.notBefore.Add(certValidity)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caSig)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing certificate for %s: %w", tmpl.Subject.CommonName, err)
+	}
+	if certPEM, err = writePEM(certPath, "CERTIFICATE", der, 0o644); err != nil {
+		return nil, nil, err
+	}
+	if keyPEM, err = writeKey(keyPath, key); err != nil {
+		return nil, nil, err
+	}
+	return certPEM, keyPEM, nil
+}
+
+// clientCert writes a client certificate for user, in groups.
+func (p *pki) clientCert(certPath, keyPath, user string, groups ...string) (certPEM, keyPEM []byte, err error) {
+	var orgs []string
+	for _, g := range groups {
+		if g != "" {
+			orgs = append(orgs, g)
+		}
+	}
+	return p.leaf(certPath, keyPath, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: user, Organization: orgs},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
 }

@@ -52,7 +52,7 @@ func skipOrFail(t testing.TB, err error) {
 
 // checkShort skips in -short mode when the binaries would have to be built
 // (fails under CI=true, where they must have been built).
-func checkShort(t testing.TB, version string) {
+func checkShort(t testing.TB, version string, withScheduler bool) {
 	t.Helper()
 	if !testing.Short() {
 		return
@@ -60,7 +60,7 @@ func checkShort(t testing.TB, version string) {
 	if version == "" {
 		version = DefaultVersion
 	}
-	if b, err := findBinaries(version); err != nil || len(b.missing()) > 0 {
+	if b, err := findBinaries(version); err != nil || len(b.missing(withScheduler)) > 0 {
 		netnstest.SkipOrFail(t, "-short: kubernetes %s binaries are not built (e2e/kube/build.sh builds them in ~10 min)", version)
 	}
 }
@@ -71,7 +71,7 @@ func checkShort(t testing.TB, version string) {
 // (failed under CI=true).
 func StartT(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	checkShort(t, opts.Version)
+	checkShort(t, opts.Version, opts.Scheduler)
 	w := &tWriter{t: t}
 	defer w.finish()
 	if opts.Progress == nil {
@@ -139,7 +139,7 @@ func Shared(t testing.TB) *Cluster {
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if !shared.started {
-		checkShort(t, shared.opts.Version)
+		checkShort(t, shared.opts.Version, shared.opts.Scheduler)
 		shared.started = true
 		opts := shared.opts
 		w := &tWriter{t: t}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -89,6 +90,10 @@ type Config struct {
 	Workers int
 	// VerifyInterval: see DefaultVerifyInterval.
 	VerifyInterval time.Duration
+	// ExcludeNamespaces are namespaces whose pods are never captured,
+	// whatever their labels say (e.g. kube-system). istiod follows the
+	// agent's redirection mark, so it treats them as outside the mesh too.
+	ExcludeNamespaces []string
 	// NetnsFinder, if set, finds the netns of a running pod whose netns
 	// the source does not record (Kubernetes: ProcNetnsFinder), so that
 	// Reconcile captures pods that were running before they were enrolled.
@@ -321,7 +326,7 @@ func (a *Agent) Enroll(ctx context.Context, req agentapi.EnrollRequest) (agentap
 		return agentapi.EnrollResponse{}, err
 	}
 	log := a.log.With("pod", pod.Name, "namespace", pod.Namespace, "uid", pod.UID)
-	d := enrollment.Decide(pod.Labels, pod.NamespaceLabels)
+	d := a.decide(pod)
 	if !d.Enrolled {
 		// A pod outside the mesh must not start in a netns ztunnel
 		// proxies for another pod: its traffic would leave as that pod.
@@ -570,7 +575,7 @@ func (a *Agent) Check(ctx context.Context, req agentapi.CheckRequest) (agentapi.
 	if !found {
 		return agentapi.CheckResponse{}, fmt.Errorf("%w: pod %s is not among node %s's pods: check that it is scheduled on this node (agent flag --node)", ErrPodNotFound, req, a.cfg.Node)
 	}
-	d := enrollment.Decide(pod.Labels, pod.NamespaceLabels)
+	d := a.decide(pod)
 	if !d.Enrolled {
 		return agentapi.CheckResponse{Enrolled: false, Reason: d.Reason}, nil
 	}
@@ -734,4 +739,13 @@ func (a *Agent) ReleaseAll(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// decide is enrollment.Decide for pod, except that a pod of an excluded
+// namespace is never enrolled.
+func (a *Agent) decide(pod Pod) enrollment.Decision {
+	if slices.Contains(a.cfg.ExcludeNamespaces, pod.Namespace) {
+		return enrollment.Decision{Reason: "namespace " + pod.Namespace + " is excluded from capture (cni-agent --exclude-namespaces)"}
+	}
+	return enrollment.Decide(pod.Labels, pod.NamespaceLabels)
 }

@@ -112,6 +112,8 @@ type env struct {
 	verifier agent.NetnsVerifier
 	// finder, if set before start, is the agent's NetnsFinder.
 	finder agent.NetnsFinder
+	// exclude, if set before start, is the agent's ExcludeNamespaces.
+	exclude []string
 	// noNetns, if set before start, hides the pods' netns records from
 	// the agent, as KubeSource does.
 	noNetns bool
@@ -207,7 +209,7 @@ func (e *env) start(run bool) {
 	cfg := agent.Config{
 		Node: node, Source: e.src, Capture: e.backend, ZDS: srv,
 		PodWait: 3 * time.Second, ZtunnelWait: 300 * time.Millisecond, ResyncInterval: time.Hour,
-		Verifier: e.verifier, NetnsFinder: e.finder,
+		Verifier: e.verifier, NetnsFinder: e.finder, ExcludeNamespaces: e.exclude,
 	}
 	if e.marks != nil {
 		e.marks.PodSource = e.src
@@ -399,6 +401,34 @@ func TestEnrollNotEnrolled(t *testing.T) {
 	_, err := e.agent.Enroll(ctx, agentapi.EnrollRequest{PodRef: agentapi.PodRef{Namespace: "mesh", Name: "ghost", Netns: b.Netns}})
 	if !errors.Is(err, agent.ErrPodNotFound) || !strings.Contains(err.Error(), "--node") {
 		t.Errorf("Enroll(ghost) = %v", err)
+	}
+}
+
+// TestExcludedNamespace: a pod of an excluded namespace is never
+// captured, whatever its own or its namespace's label, neither on CNI ADD
+// nor by the reconciler, while a pod of another enrolled namespace is.
+func TestExcludedNamespace(t *testing.T) {
+	e := newEnv(t)
+	e.st.Namespaces = append(e.st.Namespaces, localcluster.Namespace{
+		Name: "system", Labels: map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeAmbient}})
+	e.exclude = []string{"system"}
+	sys := e.pod("sys", "system", true)
+	sys.Labels = map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeAmbient}
+	app := e.pod("app", "mesh", true)
+	e.setPods(sys, app)
+	e.start(true)
+	e.ztunnel()
+	eventually(t, "the pod of the enrolled namespace captured", func() bool { return captured(e.agent, app.UID) })
+	resp, err := e.enroll(sys)
+	if err != nil || resp.Enrolled || !strings.Contains(resp.Reason, "excluded") {
+		t.Errorf("Enroll(%s) = %+v, %v; want not enrolled, excluded", sys.Key(), resp, err)
+	}
+	if err := e.agent.ReconcileAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.requireNoRules(sys)
+	if captured(e.agent, sys.UID) {
+		t.Errorf("pod %s of an excluded namespace captured", sys.Key())
 	}
 }
 

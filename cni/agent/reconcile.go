@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-
-	"github.com/ambit-mesh/ambit/pkg/enrollment"
 )
 
 // Reconcile makes one pod (by UID) match the source: a running (has IPs)
@@ -63,7 +61,7 @@ func (a *Agent) reconcile(ctx context.Context, uid string) (recheck bool, err er
 	if !synced {
 		return false, nil
 	}
-	enrolled := inSource && enrollment.Enrolled(p.Labels, p.NamespaceLabels)
+	enrolled := inSource && a.decide(p).Enrolled
 	t, tracked := a.lookup(uid)
 	switch {
 	case tracked && !enrolled:

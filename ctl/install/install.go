@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ambit-mesh/ambit/deploy/charts"
+	"github.com/ambit-mesh/ambit/istiod/rootcert"
 )
 
 // Defaults of the flags.
@@ -181,8 +182,9 @@ func Upgrade(ctx context.Context, o Options) error {
 	return o.wait(ctx)
 }
 
-// Uninstall removes the release; with purge also the CRDs and istiod's CA
-// Secret. It returns what purge removed.
+// Uninstall removes the release and, once istiod has stopped, the trust
+// bundle ConfigMaps it published; with purge also the CRDs and istiod's CA
+// Secret. It returns the objects it removed beyond the release's own.
 func Uninstall(ctx context.Context, o Options, purge bool) ([]string, error) {
 	o.defaults()
 	cfg, err := o.helm()
@@ -204,10 +206,68 @@ func Uninstall(ctx context.Context, o Options, purge bool) ([]string, error) {
 	default:
 		fmt.Fprintf(o.Progress, "release %s uninstalled\n", o.Release)
 	}
-	if !purge {
-		return nil, nil
+	removed, err := removeRootCerts(ctx, o)
+	if err != nil || !purge {
+		return removed, err
 	}
-	return purgeLeftovers(ctx, o)
+	more, err := purgeLeftovers(ctx, o)
+	removed = append(removed, more...)
+	sort.Strings(removed)
+	return removed, err
+}
+
+// removeRootCerts deletes the trust-bundle ConfigMap istiod published in
+// every namespace, once no istiod pod of the release runs any more (a
+// running one would publish it again). The CA Secret stays unless purged:
+// a reinstall then keeps every workload's identity chain valid.
+func removeRootCerts(ctx context.Context, o Options) ([]string, error) {
+	_, cs, err := dynamicClient(o.Getter)
+	if err != nil {
+		return nil, err
+	}
+	istiods := metav1.ListOptions{LabelSelector: "app=istiod," + LabelInstance + "=" + o.Release}
+	deadline := time.Now().Add(o.Timeout)
+	for reported := false; ; {
+		pods, err := cs.CoreV1().Pods(o.Namespace).List(ctx, istiods)
+		if err != nil {
+			return nil, fmt.Errorf("listing istiod pods: %w%s", err, permissionHint(err))
+		}
+		if len(pods.Items) == 0 {
+			break
+		}
+		if !reported {
+			fmt.Fprintf(o.Progress, "waiting for %d istiod pod(s) to stop before removing the %s ConfigMaps\n", len(pods.Items), rootcert.ConfigMapName)
+			reported = true
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("istiod pods still running after %s; the %s ConfigMaps were left (kubectl -n %s get pods -l app=istiod; run uninstall again once they are gone)",
+				o.Timeout, rootcert.ConfigMapName, o.Namespace)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(o.pollInterval):
+		}
+	}
+	cms, err := cs.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{
+		FieldSelector: "metadata.name=" + rootcert.ConfigMapName,
+		LabelSelector: rootcert.LabelKey + "=" + rootcert.LabelValue,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing %s ConfigMaps: %w%s", rootcert.ConfigMapName, err, permissionHint(err))
+	}
+	var removed []string
+	var errs []error
+	for _, cm := range cms.Items {
+		err := cs.CoreV1().ConfigMaps(cm.Namespace).Delete(ctx, cm.Name, metav1.DeleteOptions{})
+		switch {
+		case err == nil:
+			removed = append(removed, "ConfigMap "+cm.Namespace+"/"+cm.Name)
+		case !apierrors.IsNotFound(err):
+			errs = append(errs, fmt.Errorf("deleting ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err))
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 // permissionHint points a forbidden error at precheck, which lists the

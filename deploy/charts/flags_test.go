@@ -43,10 +43,6 @@ func binaryFlags(t *testing.T, configGo string) map[string]bool {
 	return flags
 }
 
-// pendingFlags are flags the chart passes that a binary on another branch
-// of issue 8 adds (cni-agent's --daemonset).
-var pendingFlags = map[string][]string{"cni-agent": {"daemonset"}}
-
 // TestArgsAreBinaryFlags checks that every --flag the chart passes is one
 // the binary defines, for every values case.
 func TestArgsAreBinaryFlags(t *testing.T) {
@@ -59,9 +55,6 @@ func TestArgsAreBinaryFlags(t *testing.T) {
 	defined := map[string]map[string]bool{}
 	for name, b := range bins {
 		defined[name] = binaryFlags(t, filepath.Join(repo, b.config))
-		for _, p := range pendingFlags[name] {
-			defined[name][p] = true
-		}
 	}
 	for _, c := range renderCases {
 		t.Run(c.name, func(t *testing.T) {

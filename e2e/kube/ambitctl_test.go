@@ -15,6 +15,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/ctl/kube"
 	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
+	"github.com/ambit-mesh/ambit/istiod/rootcert"
 )
 
 // Namespaces of the ambitctl tests (the shared cluster's other tests keep
@@ -403,9 +405,30 @@ func TestAmbitctlInstall(t *testing.T) {
 		t.Errorf("precheck after install: %+v", r)
 	}
 
+	// The trust bundle istiod publishes goes with the release; a ConfigMap
+	// of the same name that istiod did not label is the user's and stays.
+	published := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: rootcert.ConfigMapName, Namespace: ctlInstallNS,
+		Labels: map[string]string{rootcert.LabelKey: rootcert.LabelValue}}, Data: map[string]string{rootcert.DataKey: "x"}}
+	users := published.DeepCopy()
+	users.Namespace, users.Labels = "default", nil
+	for _, cm := range []*corev1.ConfigMap{published, users} {
+		if _, err := c.Client.CoreV1().ConfigMaps(cm.Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		_ = c.Client.CoreV1().ConfigMaps("default").Delete(context.Background(), rootcert.ConfigMapName, metav1.DeleteOptions{})
+	})
 	r = runCtl(t, kc, "uninstall", "-n", ctlInstallNS, "--purge")
-	if r.code != 0 || !strings.Contains(r.stderr, "CustomResourceDefinition authorizationpolicies.security.istio.io") {
+	if r.code != 0 || !strings.Contains(r.stderr, "CustomResourceDefinition authorizationpolicies.security.istio.io") ||
+		!strings.Contains(r.stderr, "ConfigMap "+ctlInstallNS+"/"+rootcert.ConfigMapName) {
 		t.Errorf("uninstall --purge: %+v", r)
+	}
+	if _, err := c.Client.CoreV1().ConfigMaps(ctlInstallNS).Get(ctx, rootcert.ConfigMapName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("istiod's %s ConfigMap after uninstall: %v, want not found", rootcert.ConfigMapName, err)
+	}
+	if _, err := c.Client.CoreV1().ConfigMaps("default").Get(ctx, rootcert.ConfigMapName, metav1.GetOptions{}); err != nil {
+		t.Errorf("the user's unlabelled %s ConfigMap was removed: %v", rootcert.ConfigMapName, err)
 	}
 	if _, err := c.Client.AppsV1().Deployments(ctlInstallNS).Get(ctx, "istiod", metav1.GetOptions{}); err == nil {
 		t.Error("istiod still there after uninstall")

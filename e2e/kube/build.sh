@@ -7,7 +7,8 @@
 #   AMBIT_CACHE    cache root (default $HOME/.cache/ambit)
 #   KUBE_BINARIES  space-separated commands to build
 #                  (default "kube-apiserver kube-controller-manager kubectl
-#                  kube-scheduler kubelet"; the last two serve e2e/kube/realnode)
+#                  kube-scheduler kubelet kube-proxy"; the last three serve
+#                  e2e/kube/realnode)
 #
 # Binaries land in $AMBIT_CACHE/kube-$KUBE_VERSION/bin, never in the repository,
 # with a link to etcd so the directory also serves as KUBEBUILDER_ASSETS.
@@ -17,7 +18,7 @@ set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 AMBIT_CACHE="${AMBIT_CACHE:-$HOME/.cache/ambit}"
-KUBE_BINARIES="${KUBE_BINARIES:-kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet}"
+KUBE_BINARIES="${KUBE_BINARIES:-kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy}"
 
 BIN_DIR="$AMBIT_CACHE/kube-$KUBE_VERSION/bin"
 SRC_DIR="$AMBIT_CACHE/kubernetes-src-$KUBE_VERSION"

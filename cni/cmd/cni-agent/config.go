@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/ambit-mesh/ambit/cni/agent"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
@@ -49,27 +50,31 @@ const (
 	// FlagHostProc is the host's /proc as the agent sees it: where it
 	// finds pods' processes (their cgroups and network namespaces).
 	FlagHostProc = "host-proc"
+	// FlagExcludeNamespaces lists namespaces whose pods are never
+	// captured, whatever their labels say.
+	FlagExcludeNamespaces = "exclude-namespaces"
 )
 
 // Environment variables, read as defaults that flags override.
 const (
-	EnvNode            = "AMBIT_NODE_NAME"
-	EnvAgentSocket     = "AMBIT_AGENT_SOCKET"
-	EnvZDSSocket       = "AMBIT_ZDS_SOCKET"
-	EnvPodSource       = "AMBIT_POD_SOURCE"
-	EnvClusterState    = "AMBIT_CLUSTER_STATE"
-	EnvKubeconfig      = "AMBIT_KUBECONFIG"
-	EnvCNIBinDir       = install.EnvBinDir
-	EnvCNIConfDir      = install.EnvConfDir
-	EnvPluginBinary    = install.EnvPluginBinary
-	EnvCapture         = "AMBIT_CAPTURE"
-	EnvHealthAddr      = "AMBIT_HEALTH_ADDR"
-	EnvLogLevel        = "AMBIT_LOG_LEVEL"
-	EnvUninstallOnExit = "AMBIT_UNINSTALL_ON_EXIT"
-	EnvPodWait         = "AMBIT_POD_WAIT"
-	EnvZtunnelWait     = "AMBIT_ZTUNNEL_WAIT"
-	EnvDaemonSet       = "AMBIT_DAEMONSET"
-	EnvHostProc        = "AMBIT_HOST_PROC"
+	EnvNode              = "AMBIT_NODE_NAME"
+	EnvAgentSocket       = "AMBIT_AGENT_SOCKET"
+	EnvZDSSocket         = "AMBIT_ZDS_SOCKET"
+	EnvPodSource         = "AMBIT_POD_SOURCE"
+	EnvClusterState      = "AMBIT_CLUSTER_STATE"
+	EnvKubeconfig        = "AMBIT_KUBECONFIG"
+	EnvCNIBinDir         = install.EnvBinDir
+	EnvCNIConfDir        = install.EnvConfDir
+	EnvPluginBinary      = install.EnvPluginBinary
+	EnvCapture           = "AMBIT_CAPTURE"
+	EnvHealthAddr        = "AMBIT_HEALTH_ADDR"
+	EnvLogLevel          = "AMBIT_LOG_LEVEL"
+	EnvUninstallOnExit   = "AMBIT_UNINSTALL_ON_EXIT"
+	EnvPodWait           = "AMBIT_POD_WAIT"
+	EnvZtunnelWait       = "AMBIT_ZTUNNEL_WAIT"
+	EnvDaemonSet         = "AMBIT_DAEMONSET"
+	EnvHostProc          = "AMBIT_HOST_PROC"
+	EnvExcludeNamespaces = "AMBIT_EXCLUDE_NAMESPACES"
 )
 
 // Pod sources.
@@ -112,6 +117,8 @@ type Config struct {
 	DaemonSet types.NamespacedName
 	// HostProc: see FlagHostProc.
 	HostProc string
+	// ExcludeNamespaces: see FlagExcludeNamespaces.
+	ExcludeNamespaces []string
 }
 
 // parseConfig parses args over the environment (getenv) and validates the
@@ -148,6 +155,7 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	fs.BoolVar(&c.TrustNetnsAnnotation, FlagTrustNetnsAnnotation, false, "test nodes only, with --"+FlagPodSource+" "+PodSourceKubernetes+": accept a pod's netns that no pod's process runs in when the pod's annotation "+agent.NetnsAnnotation+" names it (anyone who can patch the pod can write it)")
 	fs.StringVar(&daemonSet, FlagDaemonSet, env(EnvDaemonSet, ""), "with --"+FlagPodSource+" "+PodSourceKubernetes+": the agent's DaemonSet as namespace/name; at exit the agent uninstalls itself from the node (as --"+FlagUninstallOnExit+") when the DaemonSet is gone, being deleted, unreadable or no longer selects the node; RBAC: daemonsets get (env "+EnvDaemonSet+")")
 	fs.StringVar(&c.HostProc, FlagHostProc, env(EnvHostProc, "/proc"), "with --"+FlagPodSource+" "+PodSourceKubernetes+": the host's /proc (the agent's own with hostPID, or the host's mounted e.g. at /host/proc), where it finds pods' processes by cgroup (env "+EnvHostProc+")")
+	exclude := fs.String(FlagExcludeNamespaces, env(EnvExcludeNamespaces, ""), "comma-separated namespaces whose pods are never captured, whatever their labels say, e.g. kube-system (env "+EnvExcludeNamespaces+")")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -158,6 +166,17 @@ func parseConfig(args []string, getenv func(string) string, exe string, usage io
 	var errs []error
 	bad := func(flag, env, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("--%s (env %s): %s", flag, env, fmt.Sprintf(format, a...)))
+	}
+	for _, ns := range strings.Split(*exclude, ",") {
+		ns = strings.TrimSpace(ns)
+		if ns == "" {
+			continue
+		}
+		if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
+			bad(FlagExcludeNamespaces, EnvExcludeNamespaces, "%q is not a namespace name: %s", ns, strings.Join(msgs, "; "))
+			continue
+		}
+		c.ExcludeNamespaces = append(c.ExcludeNamespaces, ns)
 	}
 	if c.Node == "" {
 		bad(FlagNode, EnvNode, "required: set it to this node's name (Kubernetes: spec.nodeName via the downward API; local mode: the node's name in the topology)")

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +47,7 @@ func TestParseConfigLocalMode(t *testing.T) {
 		LogLevel: slog.LevelDebug, UninstallOnExit: true, PodWait: DefaultPodWait, ZtunnelWait: DefaultZtunnelWait,
 		HostProc: "/proc",
 	}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
 	}
 }
@@ -73,6 +74,12 @@ func TestParseConfigKubernetes(t *testing.T) {
 	c, err = parseConfig([]string{"--node", "node-a", "--pod-source", "kubernetes", "--host-proc", "/host/proc"}, noEnv, exe, io.Discard)
 	if err != nil || c.HostProc != "/host/proc" {
 		t.Errorf("--host-proc: %q %v", c.HostProc, err)
+	}
+	c, err = parseConfig([]string{"--node", "node-a", "--pod-source", "kubernetes"}, func(k string) string {
+		return map[string]string{EnvExcludeNamespaces: "kube-system, ambit-system,"}[k]
+	}, exe, io.Discard)
+	if err != nil || !reflect.DeepEqual(c.ExcludeNamespaces, []string{"kube-system", "ambit-system"}) {
+		t.Errorf("%s: %q %v", EnvExcludeNamespaces, c.ExcludeNamespaces, err)
 	}
 	// No kubeconfig: in-cluster config.
 	env := map[string]string{EnvNode: "n", EnvPodSource: "kubernetes"}
@@ -116,6 +123,7 @@ func TestParseConfigErrors(t *testing.T) {
 		want []string // substrings of the error
 	}{
 		{"no node", []string{"--cluster-state", "/c.json"}, nil, []string{"--node", "required"}},
+		{"bad excluded namespace", append(base, "--exclude-namespaces", "kube-system,Kube_System"), nil, []string{"--exclude-namespaces", `"Kube_System" is not a namespace name`}},
 		{"no cluster state", []string{"--node", "n"}, nil, []string{"--cluster-state", "required with --pod-source local"}},
 		{"kubernetes with cluster state", append(base, "--pod-source", "kubernetes"), nil, []string{"--cluster-state", "only for --pod-source local"}},
 		{"kubeconfig with local", append(base, "--kubeconfig", "/k"), nil, []string{"--kubeconfig", "only for --pod-source kubernetes"}},

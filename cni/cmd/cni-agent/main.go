@@ -180,16 +180,17 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	var zdsServing atomic.Bool
 	a, err = agent.New(agent.Config{
-		NetnsFinder: finder,
-		Node:        cfg.Node,
-		Source:      src,
-		Capture:     backend,
-		ZDS:         zsrv,
-		PodWait:     cfg.PodWait,
-		ZtunnelWait: cfg.ZtunnelWait,
-		Annotator:   annotator,
-		Verifier:    netnsVerifier(cfg, log),
-		Logger:      log,
+		NetnsFinder:       finder,
+		ExcludeNamespaces: cfg.ExcludeNamespaces,
+		Node:              cfg.Node,
+		Source:            src,
+		Capture:           backend,
+		ZDS:               zsrv,
+		PodWait:           cfg.PodWait,
+		ZtunnelWait:       cfg.ZtunnelWait,
+		Annotator:         annotator,
+		Verifier:          netnsVerifier(cfg, log),
+		Logger:            log,
 		Ready: func(context.Context) error {
 			if !zdsServing.Load() {
 				return fmt.Errorf("ZDS server on %s not serving yet", cfg.ZDSSocket)

@@ -92,7 +92,9 @@ func newUninstallCmd(a *app, k *kubeFlags) *cobra.Command {
 		Short: "Uninstall Ambit (the Helm release); --purge also deletes its CRDs",
 		Long: `uninstall removes the Helm release: istiod, the ztunnel and cni-agent
 DaemonSets (the cni-agent removes every pod's capture and its CNI plugin as
-it stops) and their RBAC. The CRDs stay, with the policies you created.
+it stops) and their RBAC; once istiod has stopped, also the istio-ca-root-cert
+ConfigMaps it published in every namespace. The CRDs stay, with the policies
+you created, and so does istiod's CA Secret, so a reinstall keeps the root.
 --purge also deletes the chart's CRDs, and with them every
 AuthorizationPolicy, PeerAuthentication, Gateway and route of those kinds,
 and istiod's self-signed CA Secret; it asks nothing and prints what it
@@ -105,8 +107,10 @@ removed.`,
 				return err
 			}
 			removed, err := install.Uninstall(cmd.Context(), o, purge)
-			if len(removed) > 0 {
+			if len(removed) > 0 && purge {
 				fmt.Fprintf(a.stderr, "warning: --purge removed %d objects (and every custom resource of the removed kinds):\n  %s\n", len(removed), strings.Join(removed, "\n  "))
+			} else if len(removed) > 0 {
+				fmt.Fprintf(a.stderr, "removed %d objects istiod had created:\n  %s\n", len(removed), strings.Join(removed, "\n  "))
 			}
 			if err != nil {
 				return err

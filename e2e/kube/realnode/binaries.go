@@ -22,7 +22,7 @@ const (
 
 // Binaries are the absolute paths of the programs a node runs.
 type Binaries struct {
-	Kubelet, Containerd, Ctr, Shim, Crictl, Runc string
+	Kubelet, KubeProxy, Containerd, Ctr, Shim, Crictl, Runc string
 }
 
 func cacheRoot() (string, error) {
@@ -48,6 +48,7 @@ func findBinaries() (Binaries, error) {
 	cd := filepath.Join(root, "containerd-"+ContainerdVersion, "bin")
 	b := Binaries{
 		Kubelet:    filepath.Join(kube, "kubelet"),
+		KubeProxy:  filepath.Join(kube, "kube-proxy"),
 		Containerd: filepath.Join(cd, "containerd"),
 		Ctr:        filepath.Join(cd, "ctr"),
 		Shim:       filepath.Join(cd, "containerd-shim-runc-v2"),
@@ -61,7 +62,7 @@ func findBinaries() (Binaries, error) {
 
 func (b Binaries) missing() []string {
 	var out []string
-	for _, p := range []string{b.Kubelet, b.Containerd, b.Ctr, b.Shim, b.Crictl} {
+	for _, p := range []string{b.Kubelet, b.KubeProxy, b.Containerd, b.Ctr, b.Shim, b.Crictl} {
 		if fi, err := os.Stat(p); err != nil || fi.Mode()&0o111 == 0 {
 			out = append(out, filepath.Base(p))
 		}

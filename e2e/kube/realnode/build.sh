@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Builds and installs what a real node needs besides the Kubernetes binaries:
 # containerd, ctr and containerd-shim-runc-v2 (built from source with CGO off),
-# crictl (built from source) and runc (Debian's package). Also builds kubelet
-# and kube-scheduler through ../build.sh. Idempotent: everything present is
-# skipped, so a warm run returns in well under a second.
+# crictl (built from source) and runc (Debian's package). Also builds
+# kubelet, kube-proxy and kube-scheduler through ../build.sh. Idempotent:
+# everything present is skipped, so a warm run returns in well under a second.
 #
 #   CONTAINERD_VERSION  containerd to build (default v2.4.2)
 #   CRICTL_VERSION      cri-tools to build crictl from (default v1.37.0)
 #   KUBE_VERSION        passed to ../build.sh (default there)
 #   AMBIT_CACHE         cache root (default $HOME/.cache/ambit)
 #
-# containerd, ctr and the shim land in $AMBIT_CACHE/containerd-$CONTAINERD_VERSION/bin,
-# crictl in $AMBIT_CACHE/crictl-$CRICTL_VERSION/bin, never in the repository.
+# containerd, ctr and the shim land in
+# $AMBIT_CACHE/containerd-$CONTAINERD_VERSION/bin, crictl in
+# $AMBIT_CACHE/crictl-$CRICTL_VERSION/bin, never in the repository.
 # Progress goes to stderr; the last two lines of stdout are those directories.
-# Cold: ~4 minutes for containerd, ~1 for crictl on 2 cores (plus kubelet's
-# ~5 and kube-scheduler's ~2 in ../build.sh).
+# Cold on 2 busy cores: containerd ~11 min, ctr and the shim ~1, crictl a few;
+# kubelet, kube-proxy and kube-scheduler ~2 each in ../build.sh once the API
+# server's build cache is warm.
 set -euo pipefail
 
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
@@ -98,9 +100,9 @@ go_build_into "$CRICTL_DIR" "$tpkg" "$CRICTL_VERSION" \
 	"-s -w -X $tpkg/pkg/version.Version=${CRICTL_VERSION#v}" "" \
 	cmd/crictl
 
-# kubelet and kube-scheduler come from the same Kubernetes tree as the API
-# server (its own lock and cache).
-KUBE_BINARIES="kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet" \
+# kubelet, kube-proxy and kube-scheduler come from the same Kubernetes tree
+# as the API server (its own lock and cache).
+KUBE_BINARIES="kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy" \
 	bash "$here/../build.sh" >/dev/null
 
 echo "$CONTAINERD_DIR"

@@ -20,10 +20,11 @@ const ConflistFile = "10-ambit-node.conflist"
 const BridgeName = "cni0"
 
 // WriteBridgeConflist writes the node's primary CNI network into confDir: a
-// bridge (BridgeName, gateway, masquerade) with host-local IPAM over pods.
-// It is what a cluster's primary CNI would put there; the cni-agent appends
+// bridge (BridgeName, gateway, masquerade) with host-local IPAM over pods,
+// keeping its allocations in ipamDir (one file per allocated IP). It is
+// what a cluster's primary CNI would put there; the cni-agent appends
 // ambit-cni to its plugins.
-func WriteBridgeConflist(confDir string, pods netip.Prefix) error {
+func WriteBridgeConflist(confDir, ipamDir string, pods netip.Prefix) error {
 	gw := pods.Masked().Addr().Next()
 	conf := map[string]any{
 		"cniVersion": "1.0.0",
@@ -35,9 +36,10 @@ func WriteBridgeConflist(confDir string, pods netip.Prefix) error {
 			"ipMasq":      true,
 			"hairpinMode": true,
 			"ipam": map[string]any{
-				"type":   "host-local",
-				"ranges": [][]map[string]string{{{"subnet": pods.String(), "gateway": gw.String()}}},
-				"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
+				"type":    "host-local",
+				"dataDir": ipamDir,
+				"ranges":  [][]map[string]string{{{"subnet": pods.String(), "gateway": gw.String()}}},
+				"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
 			},
 		}},
 	}

@@ -403,6 +403,12 @@ func teardown(node string, keepData bool) error {
 		}
 	}
 	errs = append(errs, removeCgroups(cg))
+	// libcni caches each ADD's result here until the DEL.
+	if left, _ := filepath.Glob(filepath.Join("/var/lib/cni/results", NetworkName+"-*")); len(left) > 0 && node == "" {
+		for _, f := range left {
+			errs = append(errs, os.Remove(f))
+		}
+	}
 	if node != "" {
 		errs = append(errs, os.RemoveAll(runDir))
 	}

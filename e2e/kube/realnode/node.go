@@ -12,11 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -56,6 +58,12 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// KubeletArgs are appended to kubelet's flags.
 	KubeletArgs []string
+	// NoKubeProxy leaves kube-proxy out. By default it runs in the node's
+	// netns (iptables mode), so ClusterIP Services work from the node and
+	// its pods, and Start points the kubernetes Service at the API server
+	// forwarder (EndpointSlice default/kubernetes-realnode: HostIP, the API
+	// server's port, which is the Service's targetPort).
+	NoKubeProxy bool
 	// Progress receives build progress and start diagnostics (os.Stderr
 	// when nil).
 	Progress io.Writer
@@ -196,11 +204,20 @@ func Start(ctx context.Context, opts Options) (_ *Node, retErr error) {
 	if err := n.startKubelet(ctx, opts, runtimeCgroups); err != nil {
 		return nil, err
 	}
+	if !opts.NoKubeProxy {
+		if err := n.startKubeProxy(ctx, runtimeCgroups); err != nil {
+			return nil, err
+		}
+	}
 	n.ReadyAfter = time.Since(begin)
 	fmt.Fprintf(opts.Progress, "realnode: node %s Ready after %s (ip %s, pods %s, logs %s)\n",
 		n.Name, n.ReadyAfter.Round(100*time.Millisecond), n.IP, n.PodCIDR, n.logDir())
 	return n, nil
 }
+
+// IPAMDir is where the bridge conflist's host-local IPAM records the pods'
+// addresses (a file per IP, under the network's name).
+func (n *Node) IPAMDir() string { return filepath.Join(n.Dir, "cni", "ipam") }
 
 func (n *Node) logDir() string { return filepath.Join(n.Dir, "logs") }
 
@@ -271,7 +288,7 @@ func (n *Node) setupCNI(ctx context.Context, opts Options) error {
 	}
 	existing, _ := filepath.Glob(filepath.Join(n.CNIConfDir, "*.conflist"))
 	if len(existing) == 0 {
-		return WriteBridgeConflist(n.CNIConfDir, n.PodCIDR)
+		return WriteBridgeConflist(n.CNIConfDir, n.IPAMDir(), n.PodCIDR)
 	}
 	return nil
 }
@@ -300,23 +317,32 @@ func (n *Node) startContainerd(ctx context.Context, opts Options, cgroups []stri
 }
 
 // Ctr runs ctr against the node's containerd in namespace k8s.io (the CRI's)
-// and returns its combined output.
+// and returns its standard output (the error carries its standard error).
 func (n *Node) Ctr(ctx context.Context, args ...string) ([]byte, error) {
 	return n.command(ctx, n.Binaries.Ctr, append([]string{"--address", n.ContainerdSocket, "--namespace", "k8s.io"}, args...)...)
 }
 
-// Crictl runs crictl against the node's containerd and returns its combined
-// output.
+// Crictl runs crictl against the node's containerd and returns its
+// standard output (the error carries its standard error).
 func (n *Node) Crictl(ctx context.Context, args ...string) ([]byte, error) {
-	ep := "unix://" + n.ContainerdSocket
-	return n.command(ctx, n.Binaries.Crictl, append([]string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "30s"}, args...)...)
+	cfg := filepath.Join(n.Dir, "crictl.yaml")
+	if _, err := os.Stat(cfg); err != nil {
+		ep := "unix://" + n.ContainerdSocket
+		b := "runtime-endpoint: " + ep + "\nimage-endpoint: " + ep + "\ntimeout: 30\n"
+		if err := os.WriteFile(cfg, []byte(b), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return n.command(ctx, n.Binaries.Crictl, append([]string{"--config", cfg}, args...)...)
 }
 
 func (n *Node) command(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	var stderr strings.Builder
 	cmd := exec.CommandContext(ctx, bin, args...)
-	out, err := cmd.CombinedOutput()
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return out, fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return out, fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
 }
@@ -387,6 +413,90 @@ func (n *Node) startKubelet(ctx context.Context, opts Options, cgroups []string)
 	})
 }
 
+// KubernetesEndpointSlice names the EndpointSlice Start adds to Service
+// default/kubernetes (the API server, run with --endpoint-reconciler-type=none,
+// publishes none).
+const KubernetesEndpointSlice = "kubernetes-realnode"
+
+// startKubeProxy publishes the forwarder as the kubernetes Service's
+// endpoint and starts kube-proxy in the node's netns; it returns once
+// kube-proxy has programmed that Service.
+func (n *Node) startKubeProxy(ctx context.Context, cgroups []string) error {
+	c := n.cluster
+	host, portStr, err := net.SplitHostPort(n.APIServer)
+	if err != nil {
+		return err
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return err
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: KubernetesEndpointSlice, Namespace: metav1.NamespaceDefault,
+			Labels: map[string]string{
+				discoveryv1.LabelServiceName: "kubernetes",
+				discoveryv1.LabelManagedBy:   "realnode.e2e.ambit.dev",
+			},
+		},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{host}, Conditions: discoveryv1.EndpointConditions{Ready: new(true)}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: new("https"), Port: new(int32(port)), Protocol: new(corev1.ProtocolTCP)}},
+	}
+	slices := c.Client.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault)
+	if _, err := slices.Create(ctx, slice, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		_, err = slices.Update(ctx, slice, metav1.UpdateOptions{})
+		if err != nil {
+			return fmt.Errorf("updating EndpointSlice default/%s: %w", KubernetesEndpointSlice, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("creating EndpointSlice default/%s: %w", KubernetesEndpointSlice, err)
+	}
+	kubeconfig := filepath.Join(n.Dir, "kube-proxy.kubeconfig")
+	if err := c.WriteKubeconfig(kubeconfig, "https://"+n.APIServer, "system:kube-proxy"); err != nil {
+		return err
+	}
+	p, err := startProc(n.logDir(), "kube-proxy", n.NetnsPath(), n.Binaries.KubeProxy, []string{
+		"--kubeconfig=" + kubeconfig,
+		"--hostname-override=" + n.Name,
+		"--proxy-mode=iptables",
+		"--cluster-cidr=" + clusterPodCIDR.String(),
+		// conntrack limits are host-wide: leave them alone.
+		"--conntrack-max-per-core=0",
+		"--conntrack-tcp-timeout-established=0",
+		"--conntrack-tcp-timeout-close-wait=0",
+		"--metrics-bind-address=127.0.0.1:10249",
+		"--healthz-bind-address=127.0.0.1:10256",
+	}, nil)
+	if err != nil {
+		return err
+	}
+	n.procs = append(n.procs, p)
+	if err := joinCgroups(cgroups, p.cmd.Process.Pid); err != nil {
+		return err
+	}
+	svc, err := c.Client.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("reading Service default/kubernetes: %w", err)
+	}
+	vip := svc.Spec.ClusterIP
+	ns, err := netns.OpenName(n.Netns)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	return poll(ctx, time.Minute, p, "kube-proxy routing the kubernetes Service ("+vip+":443) from the node", func(ctx context.Context) error {
+		conn, err := netns.DialIn(ctx, ns, "tcp", net.JoinHostPort(vip, "443"))
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	})
+}
+
+// clusterPodCIDR covers every node's PodCIDR.
+var clusterPodCIDR = netip.MustParsePrefix("10.247.0.0/16")
+
 // poll calls check every 200ms until it succeeds, p exits, ctx ends or
 // timeout passes.
 func poll(ctx context.Context, timeout time.Duration, p *proc, what string, check func(context.Context) error) error {
@@ -449,6 +559,10 @@ func (n *Node) Stop() error {
 		defer cancel()
 		if err := n.cluster.Client.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("deleting Node %s: %w", n.Name, err))
+		}
+		err := n.cluster.Client.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).Delete(ctx, KubernetesEndpointSlice, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("deleting EndpointSlice default/%s: %w", KubernetesEndpointSlice, err))
 		}
 		n.stopErr = errors.Join(errs...)
 	})

@@ -2,6 +2,8 @@ package realnode_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
 
@@ -74,7 +77,7 @@ func TestRealNode(t *testing.T) {
 	})
 
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns},
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns, Labels: map[string]string{"app": "echo"}},
 		Spec: corev1.PodSpec{
 			Containers: []corev1.Container{{
 				Name:            "echo",
@@ -116,6 +119,10 @@ func TestRealNode(t *testing.T) {
 		t.Errorf("pod IP %s is outside the node's pod CIDR %s", running.Status.PodIP, n.PodCIDR)
 	}
 
+	if _, err := os.Stat(filepath.Join(n.IPAMDir(), realnode.NetworkName, running.Status.PodIP)); err != nil {
+		t.Errorf("host-local has no record of the pod's address: %v", err)
+	}
+
 	// The server answers from the node's network namespace.
 	nodeNS, err := netns.OpenName(n.Netns)
 	if err != nil {
@@ -154,7 +161,51 @@ func TestRealNode(t *testing.T) {
 	}
 	t.Logf("through port-forward: %s", strings.TrimSpace(answer))
 
-	// Deletion: the pod goes away, its sandbox and its netns are removed.
+	// A ClusterIP Service, routed by the node's kube-proxy.
+	svc, err := c.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": "echo"},
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var viaService string
+	poll(ctx, t, "echo answering at its ClusterIP from the node", func() error {
+		var err error
+		viaService, err = httpGetIn(ctx, nodeNS, "http://"+net.JoinHostPort(svc.Spec.ClusterIP, "80")+"/via-service")
+		return err
+	})
+	if !strings.Contains(viaService, "pod=echo-realnode") {
+		t.Errorf("answer through the Service = %q", viaService)
+	}
+	t.Logf("through Service %s: %s", svc.Spec.ClusterIP, strings.TrimSpace(viaService))
+
+	// The kubernetes Service reaches the API server (what in-cluster
+	// clients such as istiod use).
+	kubeSvc, err := c.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(c.CAPEM)
+	tlsTr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return netns.DialIn(ctx, nodeNS, network, addr)
+		},
+	}
+	defer tlsTr.CloseIdleConnections()
+	ready, err := httpGet(ctx, &http.Client{Transport: tlsTr, Timeout: 10 * time.Second}, "https://"+net.JoinHostPort(kubeSvc.Spec.ClusterIP, "443")+"/readyz")
+	if err != nil || strings.TrimSpace(ready) != "ok" {
+		t.Errorf("GET /readyz through the kubernetes Service from the node: %q, %v", ready, err)
+	}
+
+	// Deletion: the pod goes away, its sandbox stops, its netns and its
+	// address are released (kubelet's GC removes the stopped sandbox within
+	// about a minute; not waited for).
 	begin = time.Now()
 	if err := c.Client.CoreV1().Pods(ns).Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -166,20 +217,23 @@ func TestRealNode(t *testing.T) {
 		}
 		return fmt.Errorf("still there (%v)", err)
 	})
-	poll(ctx, t, "the pod's sandbox removed from containerd", func() error {
-		out, err := n.Crictl(ctx, "pods", "-q")
+	poll(ctx, t, "the pod's sandbox stopped, its netns and address released", func() error {
+		out, err := n.Crictl(ctx, "pods", "--state", "ready", "-q")
 		if err != nil {
 			return err
 		}
 		if s := strings.TrimSpace(string(out)); s != "" {
-			return fmt.Errorf("sandboxes left: %s", s)
+			return fmt.Errorf("ready sandboxes left: %s", s)
+		}
+		netnsDir := filepath.Join(n.RunDir, "containerd", "io.containerd.grpc.v1.cri", "netns")
+		if left, _ := os.ReadDir(netnsDir); len(left) > 0 {
+			return fmt.Errorf("pod network namespaces left in %s: %d", netnsDir, len(left))
+		}
+		if _, err := os.Stat(filepath.Join(n.IPAMDir(), realnode.NetworkName, running.Status.PodIP)); err == nil {
+			return fmt.Errorf("host-local still holds %s", running.Status.PodIP)
 		}
 		return nil
 	})
-	netnsDir := filepath.Join(n.RunDir, "containerd", "io.containerd.grpc.v1.cri", "netns")
-	if left, _ := os.ReadDir(netnsDir); len(left) > 0 {
-		t.Errorf("pod network namespaces left in %s: %d", netnsDir, len(left))
-	}
 	t.Logf("timing: pod deleted and cleaned up after %.1fs", time.Since(begin).Seconds())
 }
 

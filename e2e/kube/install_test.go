@@ -48,16 +48,18 @@ const (
 // between two pods, helm upgrade ztunnel while a client keeps opening
 // connections, helm uninstall and see the node clean.
 //
-// The node has neither kube-proxy nor cluster DNS. Two things stand in:
-//   - The kubernetes Service (10.96.0.1:443, which kubelet puts in every
-//     pod's KUBERNETES_SERVICE_HOST) is DNATed in the node's netns, for
-//     host-network (OUTPUT) and pod (PREROUTING) traffic, to the harness's
-//     API server forwarder at HostIP; the API server's certificate names
-//     10.96.0.1.
-//   - ztunnel reaches istiod through the chart value ztunnel.istiodAddress
-//     = HostIP:15012, where the test relays each connection to the istiod
-//     pod's IP (looked up per connection); the certificate is still checked
-//     against istiod.istio-system.svc.
+// The node runs kube-proxy, and the harness points the kubernetes Service
+// at its API server forwarder (the API server's certificate names
+// 10.96.0.1), so istiod and the agent use in-cluster config. Two gaps of
+// the node are bridged here:
+//   - No cluster DNS: ztunnel reaches istiod through the chart value
+//     ztunnel.istiodAddress = HostIP:15012, where the test relays each
+//     connection to the istiod pod's IP (looked up per connection); the
+//     certificate is still checked against istiod.istio-system.svc.
+//   - containerd keeps pods' netns under its state dir, a plain directory:
+//     the test bind-mounts it onto itself as a shared mount (so netns
+//     mounted later reach the agent's HostToContainer mount) and sets the
+//     chart value cni.netnsDir to it.
 //
 // Traffic is sent from inside the client pod's network namespace (the
 // test enters it), so the pod's capture rules and its ztunnel handle it.
@@ -77,7 +79,7 @@ func TestInstallRealNode(t *testing.T) {
 	n := realnode.StartT(t, realnode.Options{Cluster: c, PauseImageTar: tars["pause"],
 		Images: []string{tars["istiod"], tars["ztunnel"], tars["cni-agent"], tars["ambit-echo"]}})
 	t.Logf("timing: node %s Ready after %.1fs (images imported)", n.Name, time.Since(step).Seconds())
-	routeKubernetesService(ctx, t, c, n)
+	netnsDir := sharedNetnsDir(t, n)
 	relayIstiod(ctx, t, c, n)
 
 	// Step 1: install.
@@ -92,6 +94,7 @@ func TestInstallRealNode(t *testing.T) {
 			"global.pullPolicy=Never",
 			"cni.binDir=" + n.CNIBinDir,
 			"cni.confDir=" + n.CNIConfDir,
+			"cni.netnsDir=" + netnsDir,
 			fmt.Sprintf("ztunnel.istiodAddress=%s:%d", n.HostIP, realIstiodPort),
 			// Two cores shared with the cluster and the node.
 			"istiod.resources.requests.cpu=100m", "istiod.resources.requests.memory=128Mi",
@@ -301,21 +304,21 @@ func buildRealImages(ctx context.Context, t *testing.T) map[string]string {
 	return out
 }
 
-// routeKubernetesService DNATs the kubernetes Service's ClusterIP:443 in
-// the node's netns to the API server forwarder (see TestInstallRealNode).
-func routeKubernetesService(ctx context.Context, t *testing.T, c *cluster.Cluster, n *realnode.Node) {
+// sharedNetnsDir makes containerd's netns directory a shared mount point
+// (see TestInstallRealNode) and returns it; the node's teardown unmounts
+// what is under its run directory.
+func sharedNetnsDir(t *testing.T, n *realnode.Node) string {
 	t.Helper()
-	svc, err := c.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
-	if err != nil {
+	dir := filepath.Join(n.RunDir, "containerd", "io.containerd.grpc.v1.cri", "netns")
+	if err := os.MkdirAll(dir, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	for _, chain := range []string{"OUTPUT", "PREROUTING"} {
-		args := []string{"--net=" + n.NetnsPath(), "iptables", "-w", "-t", "nat", "-A", chain,
-			"-d", svc.Spec.ClusterIP + "/32", "-p", "tcp", "--dport", "443", "-j", "DNAT", "--to-destination", n.APIServer}
-		if out, err := exec.CommandContext(ctx, "nsenter", args...).CombinedOutput(); err != nil {
-			t.Fatalf("nsenter %s: %v: %s", strings.Join(args, " "), err, out)
+	for _, args := range [][]string{{"--rbind", dir, dir}, {"--make-rshared", dir}} {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
+	return dir
 }
 
 // relayIstiod relays connections to HostIP:15012 to the istiod pod's IP.

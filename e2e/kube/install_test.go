@@ -221,39 +221,88 @@ func TestInstallRealNode(t *testing.T) {
 		t.Errorf("%d of %d new connections failed during the upgrade; first: %v", len(failures), calls, failures[:min(5, len(failures))])
 	}
 
+	// The new ztunnel carries the client's connections.
+	newMetrics := metrics
+	newMetrics.Pod = newZt
+	realPoll(ctx, t, "the new ztunnel counting the client's mutual_tls connections", func() error {
+		if _, err := get(ctx, clientNS, serverURL+"/after-upgrade", 5*time.Second); err != nil {
+			return err
+		}
+		b, err := newMetrics.Get(ctx, "/stats/prometheus")
+		if err != nil {
+			return err
+		}
+		if !hasMetric(string(b), "istio_tcp_connections_opened_total", wantLabels) {
+			return fmt.Errorf("no istio_tcp_connections_opened_total with %v on %s", wantLabels, newZt)
+		}
+		return nil
+	})
+
 	// Step 4: uninstall.
 	step = time.Now()
+	agentLog := followLogs(ctx, t, c, realInstallNS, "app=cni-agent")
 	removed, err := ctlinstall.Uninstall(ctx, opts, false)
 	if err != nil {
 		t.Fatalf("helm uninstall: %v", err)
 	}
 	t.Logf("uninstall removed %v", removed)
-	realPoll(ctx, t, "the node clean: conflist restored, plugin removed, pods released", func() error {
-		if hasPlugin(conflist) {
-			return fmt.Errorf("%s still has %s", conflist, install.PluginType)
-		}
-		for _, p := range []string{clientNS, serverNS} {
-			if nftTable(p) {
-				return fmt.Errorf("capture table still in %s", p)
+	checks := []struct {
+		what  string
+		check func() error
+	}{
+		{"no pod left in " + realInstallNS, func() error {
+			pods, err := c.Client.CoreV1().Pods(realInstallNS).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
 			}
+			if len(pods.Items) > 0 {
+				return fmt.Errorf("%d pods left", len(pods.Items))
+			}
+			return nil
+		}},
+		{"conflist restored", func() error {
+			if hasPlugin(conflist) {
+				return fmt.Errorf("%s still has %s", conflist, install.PluginType)
+			}
+			return nil
+		}},
+		{"pods released (no capture table)", func() error {
+			for _, p := range []string{clientNS, serverNS} {
+				if nftTable(p) {
+					return fmt.Errorf("capture table still in %s", p)
+				}
+			}
+			return nil
+		}},
+		{"plugin binary removed", func() error {
+			if _, err := os.Stat(plugin); err == nil {
+				return fmt.Errorf("%s still there", plugin)
+			}
+			return nil
+		}},
+	}
+	for _, ch := range checks {
+		if err := realWait(ctx, time.Minute, ch.check); err != nil {
+			t.Errorf("after uninstall, %s: %v", ch.what, err)
+		} else {
+			t.Logf("timing: after uninstall, %s at %.1fs", ch.what, time.Since(step).Seconds())
 		}
-		if _, err := os.Stat(plugin); err == nil {
-			return fmt.Errorf("%s still there", plugin)
-		}
-		pods, err := c.Client.CoreV1().Pods(realInstallNS).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return err
-		}
-		if len(pods.Items) > 0 {
-			return fmt.Errorf("%d pods left in %s", len(pods.Items), realInstallNS)
-		}
-		return nil
-	})
-	t.Logf("timing: uninstall until the node is clean: %.1fs", time.Since(step).Seconds())
+	}
+	t.Logf("cni-agent's log until its exit:\n%s", agentLog.tail(40))
 	if answer, err := get(ctx, clientNS, serverURL+"/after-uninstall", 5*time.Second); err != nil {
 		t.Errorf("plain networking after uninstall: %v", err)
 	} else {
 		t.Logf("plain, after uninstall: %s", strings.TrimSpace(answer))
+	}
+	for _, name := range []string{server.Name, client.Name} {
+		p, err := c.Client.CoreV1().Pods(realAppNS).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Status.Phase != corev1.PodRunning || p.UID != map[string]*corev1.Pod{server.Name: server, client.Name: client}[name].UID ||
+			len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].RestartCount != 0 {
+			t.Errorf("pod %s after uninstall: phase %s, containers %+v; want the same pod Running, never restarted", name, p.Status.Phase, p.Status.ContainerStatuses)
+		}
 	}
 	del := time.Now()
 	if err := c.Client.CoreV1().Pods(realAppNS).Delete(ctx, server.Name, metav1.DeleteOptions{}); err != nil {
@@ -565,6 +614,67 @@ func dumpRealPods(ctx context.Context, t *testing.T, c *cluster.Cluster, n *real
 	if out, err := n.Crictl(ctx, "ps", "-a"); err == nil {
 		t.Logf("crictl ps -a:\n%s", out)
 	}
+}
+
+// realWait calls check every 200ms until it succeeds (nil) or d passes
+// (its last error).
+func realWait(ctx context.Context, d time.Duration, check func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// podLogs collects the logs of the pods a selector matched when
+// followLogs started, until they end.
+type podLogs struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (l *podLogs) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// tail returns the last n lines.
+func (l *podLogs) tail(n int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lines := strings.Split(strings.TrimRight(l.buf.String(), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// followLogs follows the logs of the pods of ns matching selector.
+func followLogs(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, selector string) *podLogs {
+	t.Helper()
+	pods, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &podLogs{}
+	since := int64(1)
+	for _, p := range pods.Items {
+		rc, err := c.Client.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Follow: true, SinceSeconds: &since}).Stream(ctx)
+		if err != nil {
+			t.Fatalf("following the logs of %s/%s: %v", ns, p.Name, err)
+		}
+		go func() {
+			defer rc.Close()
+			_, _ = io.Copy(l, rc)
+		}()
+	}
+	return l
 }
 
 // realPoll calls check every 200ms until it succeeds or ctx ends (then

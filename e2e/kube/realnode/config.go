@@ -55,11 +55,12 @@ func WriteBridgeConflist(confDir, ipamDir string, pods netip.Prefix) error {
 
 // containerdConfig is containerd's config.toml (version 3) for a node: its
 // own root, state, sockets and runc root; the CRI plugin with the given CNI
-// dirs, the pinned sandbox image, pod netns mounts under its state dir,
+// dirs, the pinned sandbox image, pod netns mounts under its state dir (or
+// /var/run/netns),
 // oom_score_adj clamped to its own, and the loopback done internally (no
 // loopback plugin is needed); plugins that would touch fixed host paths
 // disabled.
-func containerdConfig(root, state, socket, runcBin, cniBin, cniConf, snapshotter string) string {
+func containerdConfig(root, state, socket, runcBin, cniBin, cniConf, snapshotter, sandboxImage string, netnsUnderState bool) string {
 	q := strconv.Quote
 	return strings.Join([]string{
 		`version = 3`,
@@ -81,10 +82,10 @@ func containerdConfig(root, state, socket, runcBin, cniBin, cniConf, snapshotter
 		`[plugins.'io.containerd.cri.v1.images']`,
 		`  snapshotter = ` + q(snapshotter),
 		`[plugins.'io.containerd.cri.v1.images'.pinned_images]`,
-		`  sandbox = ` + q(PauseImage),
+		`  sandbox = ` + q(sandboxImage),
 		``,
 		`[plugins.'io.containerd.cri.v1.runtime']`,
-		`  netns_mounts_under_state_dir = true`,
+		`  netns_mounts_under_state_dir = ` + strconv.FormatBool(netnsUnderState),
 		// The host withholds CAP_SYS_RESOURCE: no process may lower its
 		// oom_score_adj, and runc fails a sandbox at -998 ("can't get final
 		// child's PID from pipe: EOF"). Clamp to containerd's own value.

@@ -32,8 +32,19 @@
 // client certificate (group system:masters); the kubelet authenticates it
 // against the cluster CA and authorizes it by webhook (SubjectAccessReview).
 // The kubelet's serving certificate is self-signed (the API server does not
-// verify kubelets). There is no kube-proxy: ClusterIP Services are not
-// routed on the node.
+// verify kubelets). kube-proxy (iptables mode, conntrack limits left alone)
+// runs in the node's netns too, so ClusterIP Services work from the node and
+// its pods; Start publishes the forwarder as the kubernetes Service's
+// endpoint (EndpointSlice default/kubernetes-realnode), so in-cluster
+// clients reach the API server at 10.96.0.1:443 (its certificate names that
+// address). Options.NoKubeProxy leaves it out.
+//
+// Pods' network namespaces are bind-mounted under containerd's state dir
+// (RunDir), or at /var/run/netns/cni-<uuid> with Options.PodNetnsInVarRun
+// (containerd's default, what a CNI agent that mounts /var/run/netns
+// expects). The node's CNI dirs are its own (Node.CNIBinDir, CNIConfDir,
+// under Dir unless given): a chart installed on the node gets them as its
+// CNI bin and conf dir values. Host-network pods run in the node's netns.
 //
 // # Kubelet configuration
 //
@@ -55,9 +66,9 @@
 // `ctr -n k8s.io images import` (ImportImage, Options.Images) and pods use
 // imagePullPolicy Never or IfNotPresent. The sandbox image PauseImage is
 // containerd's pinned sandbox image, built by BuildPauseImage from the
-// static binary in internal/pause (Options.PauseImageTar replaces it, e.g.
-// with the one from deploy/images). WriteImage wraps static binaries into a
-// tarball for tests.
+// Pause spec of deploy/images (Options.PauseImage and PauseImageTar use
+// another, e.g. `make images`' bin/images/pause.tar). BuildImage builds any
+// deploy/images Spec into a tarball, e.g. a test workload.
 //
 // # Lifecycle
 //
@@ -72,5 +83,23 @@
 // restores the sysctls. One node per machine at a time: callers hold
 // /tmp/ambit-kube.lock (Prefix is fixed).
 //
-// What was seen not to work here is recorded at the end of this comment.
+// # Seen on this machine (cgroup v1 hybrid, kernel 6.18, no systemd)
+//
+// Works: Node Ready ~13s after Start (kubelet itself ~3s; the rest is
+// building the pause image and starting containerd), a pod Running ~1s
+// after creation, logs and port-forward through the API server, a ClusterIP
+// Service, deletion in ~2s. Two things had to be worked around:
+//   - The host withholds CAP_SYS_RESOURCE even from root, so no process may
+//     lower its oom_score_adj. runc failed every sandbox ("runc create
+//     failed: unable to start container process: can't get final child's
+//     PID from pipe: EOF"; with runc --debug: "nsexec: failed to update
+//     /proc/self/oom_score_adj: Permission denied" at -998). containerd runs
+//     with restrict_oom_score_adj = true and kubelet with oomScoreAdj 0.
+//   - kube-controller-manager's --controllers is a list flag, so a repeated
+//     flag appends and cannot re-enable the node lifecycle controller the
+//     cluster package disables: the kubelet's not-ready taint stayed and
+//     pods were Unschedulable. cluster.Options.NodeLifecycle runs it.
+//
+// containerd logs that cgroup v1 support is deprecated; kubelet runs with
+// failCgroupV1: false and warns likewise.
 package realnode

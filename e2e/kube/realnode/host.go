@@ -421,9 +421,13 @@ func teardown(node string, keepData bool) error {
 	if !keepData {
 		errs = append(errs, os.RemoveAll(data))
 	}
-	if node != "" { // the parents, once no node is left in them
+	if node == "" || noNodesLeft() { // the parents, once no node is left in them
 		_ = syscall.Rmdir(RunRoot)
 		_ = syscall.Rmdir(DataRoot)
+		// containerd's shims put their sockets in /run/containerd/s
+		// whatever containerd's state dir is, and remove them on exit.
+		_ = syscall.Rmdir("/run/containerd/s")
+		_ = syscall.Rmdir("/run/containerd")
 		if mounts, err := cgroupMounts(); err == nil {
 			for _, m := range mounts {
 				_ = syscall.Rmdir(filepath.Join(m, CgroupName))

@@ -46,11 +46,20 @@ type Options struct {
 	// the node. Start writes the bridge conflist there (WriteBridgeConflist)
 	// unless it already holds a *.conflist.
 	CNIConfDir string
-	// PauseImageTar is the sandbox image's tarball, tagged PauseImage; built
-	// by BuildPauseImage when empty.
-	PauseImageTar string
+	// PauseImage is the sandbox image's reference (containerd's pinned
+	// sandbox image); PauseImage (the package variable) when empty.
+	// PauseImageTar is its tarball, tagged so (e.g. bin/images/pause.tar
+	// with PauseImage images.Tag(hub, "pause", version)); built by
+	// BuildPauseImage when empty.
+	PauseImage, PauseImageTar string
 	// Images are more image tarballs to import before kubelet starts.
 	Images []string
+	// PodNetnsInVarRun puts the pods' network namespaces where containerd
+	// puts them by default, /var/run/netns/cni-<uuid> (what Istio's CNI
+	// chart mounts), instead of under RunDir. Stop removes every pod
+	// through the CRI first, which deletes them; a crashed run's are not
+	// recognized by Cleanup.
+	PodNetnsInVarRun bool
 	// Snapshotter is containerd's snapshotter: "overlayfs" when empty.
 	Snapshotter string
 	// ReadyTimeout bounds the start until the Node is Ready; 3 minutes when
@@ -134,6 +143,12 @@ func Start(ctx context.Context, opts Options) (_ *Node, retErr error) {
 	}
 	if opts.Progress == nil {
 		opts.Progress = os.Stderr
+	}
+	if opts.PauseImage == "" {
+		opts.PauseImage = PauseImage
+	}
+	if opts.PauseImageTar == "" && opts.PauseImage != PauseImage {
+		return nil, fmt.Errorf("realnode: Options.PauseImage %s needs Options.PauseImageTar (only %s is built here)", opts.PauseImage, PauseImage)
 	}
 	if opts.Snapshotter == "" {
 		opts.Snapshotter = "overlayfs"
@@ -296,7 +311,7 @@ func (n *Node) setupCNI(ctx context.Context, opts Options) error {
 func (n *Node) startContainerd(ctx context.Context, opts Options, cgroups []string) error {
 	cfgPath := filepath.Join(n.Dir, "containerd.toml")
 	cfg := containerdConfig(filepath.Join(n.Dir, "containerd"), filepath.Join(n.RunDir, "containerd"),
-		n.ContainerdSocket, n.Binaries.Runc, n.CNIBinDir, n.CNIConfDir, opts.Snapshotter)
+		n.ContainerdSocket, n.Binaries.Runc, n.CNIBinDir, n.CNIConfDir, opts.Snapshotter, opts.PauseImage, !opts.PodNetnsInVarRun)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -497,6 +512,16 @@ func (n *Node) startKubeProxy(ctx context.Context, cgroups []string) error {
 // clusterPodCIDR covers every node's PodCIDR.
 var clusterPodCIDR = netip.MustParsePrefix("10.247.0.0/16")
 
+// crictlUsable reports whether containerd runs (started and not exited).
+func (n *Node) crictlUsable() bool {
+	for _, p := range n.procs {
+		if p.name == "containerd" {
+			return !p.exited()
+		}
+	}
+	return false
+}
+
 // poll calls check every 200ms until it succeeds, p exits, ctx ends or
 // timeout passes.
 func poll(ctx context.Context, timeout time.Duration, p *proc, what string, check func(context.Context) error) error {
@@ -544,6 +569,15 @@ func (n *Node) startFailure(err error) error {
 func (n *Node) Stop() error {
 	n.stopOnce.Do(func() {
 		var errs []error
+		if n.crictlUsable() {
+			// Pods removed through the CRI get CNI DEL (their CNI chain
+			// sees the deletion) and their netns deleted.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			if out, err := n.Crictl(ctx, "rmp", "--all", "--force"); err != nil {
+				slog.Warn("realnode: removing pods through the CRI before the kill", "node", n.Name, "error", err, "output", string(out))
+			}
+			cancel()
+		}
 		for i := len(n.procs) - 1; i >= 0; i-- {
 			if err := n.procs[i].stop(5 * time.Second); err != nil {
 				errs = append(errs, err)

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
 
+	"github.com/ambit-mesh/ambit/deploy/images"
 	"github.com/ambit-mesh/ambit/e2e/kube/cluster"
 	"github.com/ambit-mesh/ambit/e2e/kube/realnode"
 	"github.com/ambit-mesh/ambit/pkg/netns"
@@ -36,20 +37,20 @@ func TestMain(m *testing.M) {
 	})
 }
 
-const echoImage = "ambit.local/ambit-echo:realnode"
+var echoImage = images.Tag("", "ambit-echo", "realnode")
 
-// echoImageTar builds ambit-echo statically and wraps it in an image.
+// echoImageTar builds ambit-echo into an image with deploy/images.
 func echoImageTar(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	bin, err := realnode.BuildStatic(ctx, dir, "github.com/ambit-mesh/ambit/e2e/echo/cmd/ambit-echo")
-	if err != nil {
-		t.Fatal(err)
+	spec := images.Spec{
+		Name:     "ambit-echo",
+		Binaries: []images.Binary{{Package: images.Module + "/e2e/echo/cmd/ambit-echo", Path: "/usr/local/bin/ambit-echo"}},
+		User:     "65534:65534",
 	}
-	tarPath := filepath.Join(dir, "ambit-echo.tar")
-	if err := realnode.WriteImage(tarPath, echoImage, []realnode.ImageFile{{Src: bin, Path: "/ambit-echo"}}, []string{"/ambit-echo"}); err != nil {
+	tarPath := filepath.Join(t.TempDir(), "ambit-echo.tar")
+	if err := realnode.BuildImage(ctx, spec, echoImage, tarPath); err != nil {
 		t.Fatal(err)
 	}
 	return tarPath

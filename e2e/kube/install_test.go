@@ -179,6 +179,12 @@ func TestInstallRealNode(t *testing.T) {
 	} else {
 		t.Logf("ambitctl ztunnel-config workloads:\n%s", r.stdout)
 	}
+	r = runCtl(t, c.Kubeconfig, "ztunnel-config", "certificates")
+	if r.code != 0 || !strings.Contains(r.stdout, "spiffe://cluster.local/ns/"+realAppNS+"/sa/server") || !strings.Contains(r.stdout, "spiffe://cluster.local/ns/"+realAppNS+"/sa/client") {
+		t.Errorf("ambitctl ztunnel-config certificates: exit %d, want both pods' SPIFFE IDs\n%s\n%s", r.code, r.stdout, r.stderr)
+	} else {
+		t.Logf("ambitctl ztunnel-config certificates:\n%s", r.stdout)
+	}
 	t.Logf("timing: step 2 (enroll, mTLS, config_dump) done after %.1fs", time.Since(step).Seconds())
 
 	// Step 3: upgrade ztunnel's log level while the client keeps calling.
@@ -260,6 +266,7 @@ func TestInstallRealNode(t *testing.T) {
 			}
 			return nil
 		}},
+		{"no object of the chart left", func() error { return chartLeftovers(ctx, c) }},
 		{"conflist restored", func() error {
 			if hasPlugin(conflist) {
 				return fmt.Errorf("%s still has %s", conflist, install.PluginType)
@@ -614,6 +621,45 @@ func dumpRealPods(ctx context.Context, t *testing.T, c *cluster.Cluster, n *real
 	if out, err := n.Crictl(ctx, "ps", "-a"); err == nil {
 		t.Logf("crictl ps -a:\n%s", out)
 	}
+}
+
+// chartLeftovers names the objects labelled as the chart's
+// (app.kubernetes.io/part-of=ambit) still in the cluster.
+func chartLeftovers(ctx context.Context, c *cluster.Cluster) error {
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/part-of=ambit"}
+	var left []string
+	add := func(kind string, n int, err error) {
+		if err != nil {
+			left = append(left, kind+": "+err.Error())
+		} else if n > 0 {
+			left = append(left, fmt.Sprintf("%d %s", n, kind))
+		}
+	}
+	cs := c.Client
+	d, err := cs.AppsV1().Deployments("").List(ctx, sel)
+	add("Deployments", len(d.Items), err)
+	ds, err := cs.AppsV1().DaemonSets("").List(ctx, sel)
+	add("DaemonSets", len(ds.Items), err)
+	svc, err := cs.CoreV1().Services("").List(ctx, sel)
+	add("Services", len(svc.Items), err)
+	sa, err := cs.CoreV1().ServiceAccounts("").List(ctx, sel)
+	add("ServiceAccounts", len(sa.Items), err)
+	cm, err := cs.CoreV1().ConfigMaps("").List(ctx, sel)
+	add("ConfigMaps", len(cm.Items), err)
+	cr, err := cs.RbacV1().ClusterRoles().List(ctx, sel)
+	add("ClusterRoles", len(cr.Items), err)
+	crb, err := cs.RbacV1().ClusterRoleBindings().List(ctx, sel)
+	add("ClusterRoleBindings", len(crb.Items), err)
+	ro, err := cs.RbacV1().Roles("").List(ctx, sel)
+	add("Roles", len(ro.Items), err)
+	rb, err := cs.RbacV1().RoleBindings("").List(ctx, sel)
+	add("RoleBindings", len(rb.Items), err)
+	pdb, err := cs.PolicyV1().PodDisruptionBudgets("").List(ctx, sel)
+	add("PodDisruptionBudgets", len(pdb.Items), err)
+	if len(left) > 0 {
+		return fmt.Errorf("left: %s", strings.Join(left, ", "))
+	}
+	return nil
 }
 
 // realWait calls check every 200ms until it succeeds (nil) or d passes

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -56,10 +55,10 @@ const (
 //     ztunnel.istiodAddress = HostIP:15012, where the test relays each
 //     connection to the istiod pod's IP (looked up per connection); the
 //     certificate is still checked against istiod.istio-system.svc.
-//   - containerd keeps pods' netns under its state dir, a plain directory:
-//     the test bind-mounts it onto itself as a shared mount (so netns
-//     mounted later reach the agent's HostToContainer mount) and sets the
-//     chart value cni.netnsDir to it.
+//
+// The node's containerd mounts pods' netns in /var/run/netns
+// (Options.PodNetnsInVarRun), where the chart's cni-agent looks, so the
+// CNI ADD's netns path opens inside the agent.
 //
 // Traffic is sent from inside the client pod's network namespace (the
 // test enters it), so the pod's capture rules and its ztunnel handle it.
@@ -76,10 +75,10 @@ func TestInstallRealNode(t *testing.T) {
 	t.Logf("timing: images built after %.1fs", time.Since(step).Seconds())
 
 	step = time.Now()
-	n := realnode.StartT(t, realnode.Options{Cluster: c, PauseImageTar: tars["pause"],
+	n := realnode.StartT(t, realnode.Options{Cluster: c, PodNetnsInVarRun: true,
+		PauseImage: images.Tag(realHub, images.Pause.Name, realImageVer), PauseImageTar: tars["pause"],
 		Images: []string{tars["istiod"], tars["ztunnel"], tars["cni-agent"], tars["ambit-echo"]}})
 	t.Logf("timing: node %s Ready after %.1fs (images imported)", n.Name, time.Since(step).Seconds())
-	netnsDir := sharedNetnsDir(t, n)
 	relayIstiod(ctx, t, c, n)
 
 	// Step 1: install.
@@ -94,7 +93,6 @@ func TestInstallRealNode(t *testing.T) {
 			"global.pullPolicy=Never",
 			"cni.binDir=" + n.CNIBinDir,
 			"cni.confDir=" + n.CNIConfDir,
-			"cni.netnsDir=" + netnsDir,
 			fmt.Sprintf("ztunnel.istiodAddress=%s:%d", n.HostIP, realIstiodPort),
 			// Two cores shared with the cluster and the node.
 			"istiod.resources.requests.cpu=100m", "istiod.resources.requests.memory=128Mi",
@@ -329,8 +327,7 @@ func TestInstallRealNode(t *testing.T) {
 }
 
 // buildRealImages builds istiod, ztunnel, cni-agent and pause as `make
-// images` does, plus an ambit-echo image, into tarballs; pause is tagged
-// as the node's sandbox image.
+// images` does, plus an ambit-echo image, into tarballs.
 func buildRealImages(ctx context.Context, t *testing.T) map[string]string {
 	t.Helper()
 	dir := t.TempDir()
@@ -348,33 +345,12 @@ func buildRealImages(ctx context.Context, t *testing.T) map[string]string {
 		if err != nil {
 			t.Fatalf("image %s: %v", s.Name, err)
 		}
-		tag := images.Tag(realHub, s.Name, realImageVer)
-		if s.Name == images.Pause.Name {
-			tag = realnode.PauseImage
-		}
 		out[s.Name] = filepath.Join(dir, s.Name+".tar")
-		if err := images.WriteTarball(out[s.Name], tag, img); err != nil {
+		if err := images.WriteTarball(out[s.Name], images.Tag(realHub, s.Name, realImageVer), img); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return out
-}
-
-// sharedNetnsDir makes containerd's netns directory a shared mount point
-// (see TestInstallRealNode) and returns it; the node's teardown unmounts
-// what is under its run directory.
-func sharedNetnsDir(t *testing.T, n *realnode.Node) string {
-	t.Helper()
-	dir := filepath.Join(n.RunDir, "containerd", "io.containerd.grpc.v1.cri", "netns")
-	if err := os.MkdirAll(dir, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	for _, args := range [][]string{{"--rbind", dir, dir}, {"--make-rshared", dir}} {
-		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
-			t.Fatalf("mount %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	return dir
 }
 
 // relayIstiod relays connections to HostIP:15012 to the istiod pod's IP.

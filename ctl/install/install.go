@@ -207,13 +207,13 @@ func Uninstall(ctx context.Context, o Options, purge bool) ([]string, error) {
 		fmt.Fprintf(o.Progress, "release %s uninstalled\n", o.Release)
 	}
 	removed, err := removeRootCerts(ctx, o)
-	if err != nil || !purge {
+	if !purge {
 		return removed, err
 	}
-	more, err := purgeLeftovers(ctx, o)
+	more, perr := purgeLeftovers(ctx, o)
 	removed = append(removed, more...)
 	sort.Strings(removed)
-	return removed, err
+	return removed, errors.Join(err, perr)
 }
 
 // removeRootCerts deletes the trust-bundle ConfigMap istiod published in

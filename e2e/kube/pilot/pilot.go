@@ -43,6 +43,10 @@ const (
 	// with its root certificate under RootCertKey.
 	RootCertConfigMap = "istio-ca-root-cert"
 	RootCertKey       = "root-cert.pem"
+	// CASecret is where pilot keeps its self-signed root, under
+	// CASecretCertKey.
+	CASecret        = "istio-ca-secret"
+	CASecretCertKey = "ca-cert.pem"
 	// CAAudience is the audience pilot expects in a caller's service-account
 	// token (Istio's default TOKEN_AUDIENCES).
 	CAAudience = "istio-ca"
@@ -324,20 +328,36 @@ func (p *Pilot) PID() int {
 	return p.cmd.Process.Pid
 }
 
-// RootCert waits until pilot has published its root certificate into
-// namespace (the istio-ca-root-cert ConfigMap) and returns it (PEM).
+// RootCert waits until pilot has published its own root certificate into
+// namespace (the istio-ca-root-cert ConfigMap) and returns it (PEM). Its
+// own: the ConfigMap must hold the root of pilot's CA Secret
+// (istio-ca-secret in pilot's namespace), since another control plane
+// that ran on the cluster before (Ambit's istiod publishes the same
+// ConfigMap) may have left its root there until pilot replaces it.
 func (p *Pilot) RootCert(ctx context.Context, namespace string) ([]byte, error) {
 	var pem []byte
-	err := cluster.Eventually(ctx, "ConfigMap "+namespace+"/"+RootCertConfigMap, func(ctx context.Context) error {
+	err := cluster.Eventually(ctx, "ConfigMap "+namespace+"/"+RootCertConfigMap+" with pilot's root", func(ctx context.Context) error {
+		sec, err := p.cluster.Client.CoreV1().Secrets(Namespace).Get(ctx, CASecret, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("pilot's CA Secret %s/%s: %w", Namespace, CASecret, err)
+		}
+		own := bytes.TrimSpace(sec.Data[CASecretCertKey])
+		if len(own) == 0 {
+			return fmt.Errorf("no %s in Secret %s/%s yet", CASecretCertKey, Namespace, CASecret)
+		}
 		cm, err := p.cluster.Client.CoreV1().ConfigMaps(namespace).Get(ctx, RootCertConfigMap, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
-		if v := cm.Data[RootCertKey]; v != "" {
-			pem = []byte(v)
-			return nil
+		v := cm.Data[RootCertKey]
+		if v == "" {
+			return fmt.Errorf("no %s in it yet", RootCertKey)
 		}
-		return fmt.Errorf("no %s in it yet", RootCertKey)
+		if !bytes.Equal(bytes.TrimSpace([]byte(v)), own) {
+			return errors.New("it holds another root than pilot's CA Secret (left by another control plane; pilot replaces it)")
+		}
+		pem = []byte(v)
+		return nil
 	})
 	return pem, err
 }

@@ -424,10 +424,7 @@ func teardown(node string, keepData bool) error {
 	if node == "" || noNodesLeft() { // the parents, once no node is left in them
 		_ = syscall.Rmdir(RunRoot)
 		_ = syscall.Rmdir(DataRoot)
-		// containerd's shims put their sockets in /run/containerd/s
-		// whatever containerd's state dir is, and remove them on exit.
-		_ = syscall.Rmdir("/run/containerd/s")
-		_ = syscall.Rmdir("/run/containerd")
+		removeStaleShimSockets()
 		if mounts, err := cgroupMounts(); err == nil {
 			for _, m := range mounts {
 				_ = syscall.Rmdir(filepath.Join(m, CgroupName))
@@ -435,6 +432,36 @@ func teardown(node string, keepData bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// shimSocketDir is where containerd's shims put their sockets whatever
+// containerd's state dir is (as root). A shim removes its socket when it
+// exits, not when it is killed.
+const shimSocketDir = "/run/containerd/s"
+
+// removeStaleShimSockets removes the sockets in shimSocketDir no process
+// listens on (none of a node's shims runs any more when this is called;
+// a socket bound in another network namespace would not be listed in this
+// one's /proc/net/unix, and only this package's containerd runs on the
+// test machines), then the directory and its parent if empty.
+func removeStaleShimSockets() {
+	live := map[string]bool{}
+	if b, err := os.ReadFile("/proc/net/unix"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 8 {
+				live[f[7]] = true
+			}
+		}
+	}
+	es, _ := os.ReadDir(shimSocketDir)
+	for _, e := range es {
+		p := filepath.Join(shimSocketDir, e.Name())
+		if e.Type()&os.ModeSocket != 0 && !live[p] {
+			_ = os.Remove(p)
+		}
+	}
+	_ = syscall.Rmdir(shimSocketDir)
+	_ = syscall.Rmdir(filepath.Dir(shimSocketDir))
 }
 
 func linkExists(name string) bool {

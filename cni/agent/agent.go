@@ -711,7 +711,8 @@ func (a *Agent) Unverified() []string {
 }
 
 // ReleaseAll releases every captured pod: its rules are removed and its
-// captured mark (with an Annotator) cleared; ztunnel is told when
+// captured mark (with an Annotator) cleared, or a warning logged when it
+// cannot be; ztunnel is told when
 // connected. For uninstalling the agent from the node; call it after Run
 // returned, or Run captures the pods again. Errors are joined; a pod that
 // fails stays tracked.
@@ -733,8 +734,10 @@ func (a *Agent) ReleaseAll(ctx context.Context) error {
 			continue
 		}
 		if a.cfg.Annotator != nil {
+			// The pod is released either way; during an uninstall the
+			// agent's RBAC may already be gone, leaving only the mark.
 			if err := a.cfg.Annotator.Annotate(ctx, t.pod, false); err != nil {
-				errs = append(errs, err)
+				a.log.Warn("released pod, but its redirection mark stays", "pod", t.pod.Name, "namespace", t.pod.Namespace, "error", err)
 			}
 		}
 	}

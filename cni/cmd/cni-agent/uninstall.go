@@ -78,7 +78,8 @@ func decideUninstall(ctx context.Context, client kubernetes.Interface, ds types.
 // the CNI config first (new pods start with plain networking), then every
 // captured pod is released, and the plugin binary goes last, once no
 // config names it (a runtime deletes a pod with the config it has now, so
-// a DEL after this does not look for ambit-cni).
+// a DEL after this does not look for ambit-cni). A pod that cannot be
+// released does not keep the binary: nothing can call it any more.
 func uninstall(ctx context.Context, cfg Config, inst *install.Installer, a *agent.Agent, log *slog.Logger) {
 	if err := inst.Uninstall(ctx); err != nil {
 		log.Error("removing ambit-cni from the CNI config; the plugin binary and the pods' capture stay", "dir", cfg.CNIConfDir, "error", err)
@@ -86,10 +87,10 @@ func uninstall(ctx context.Context, cfg Config, inst *install.Installer, a *agen
 	}
 	log.Info("removed ambit-cni from the CNI config", "dir", cfg.CNIConfDir)
 	if err := a.ReleaseAll(ctx); err != nil {
-		log.Error("releasing captured pods; the plugin binary stays", "error", err)
-		return
+		log.Error("releasing captured pods; those named keep their capture rules", "error", err)
+	} else {
+		log.Info("released every captured pod")
 	}
-	log.Info("released every captured pod")
 	if err := inst.RemoveBinary(); err != nil {
 		log.Error("removing the ambit-cni binary", "dir", cfg.CNIBinDir, "error", err)
 		return

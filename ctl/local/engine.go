@@ -296,6 +296,9 @@ func (s *session) up(ctx context.Context, bins map[string]string) error {
 			"--node", n.Name, "--zds-socket", p.ZDSSocket(n.Name), "--ca-addr", IstiodAddr(),
 			"--ca-root", p.RootCert(), "--token-file", p.NodeToken(n.Name),
 			"--trust-domain", t.TrustDomain,
+			// Open connections may finish for 2 s after SIGTERM; down
+			// waits for no longer.
+			"--drain-timeout", "2s",
 		}, nil); err != nil {
 			return err
 		}

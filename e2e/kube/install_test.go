@@ -34,6 +34,7 @@ const (
 	realInstallNS   = "istio-system"
 	realAppNS       = "ambt-install-app"
 	realImageVer    = "0.1.0-dev"
+	realNextVer     = "0.1.1-dev" // the istiod the control plane is upgraded to
 	realHub         = "localhost/ambit"
 	realIstiodPort  = 15012
 	realZtunnelPort = 15020
@@ -242,6 +243,63 @@ func TestInstallRealNode(t *testing.T) {
 		return nil
 	})
 
+	// Step 3b: the control plane is upgraded before the data plane: a newer
+	// istiod (its own version) rolls while the client keeps calling, and
+	// the ztunnel of the older version syncs with it. The CA root lives in
+	// istio-ca-secret, so the new istiod signs with the same root.
+	step = time.Now()
+	nextTar := buildIstiodImage(ctx, t, realNextVer)
+	if err := n.ImportImage(ctx, nextTar); err != nil {
+		t.Fatalf("importing istiod %s: %v", realNextVer, err)
+	}
+	traffic = startLoad(ctx, clientNS, serverURL+"/during-istiod-upgrade")
+	cpUp := up
+	cpUp.Set = append(append([]string(nil), up.Set...), "istiod.image.tag="+realNextVer)
+	if err := ctlinstall.Upgrade(ctx, cpUp); err != nil {
+		traffic.stop()
+		t.Fatalf("helm upgrade of istiod: %v", err)
+	}
+	var newIstiod string
+	realPoll(ctx, t, "istiod "+realNextVer+" the only istiod pod, Ready", func() error {
+		pods, err := c.Client.CoreV1().Pods(realInstallNS).List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) != 1 {
+			return fmt.Errorf("%d istiod pods", len(pods.Items))
+		}
+		p := pods.Items[0]
+		if img := p.Spec.Containers[0].Image; !strings.HasSuffix(img, ":"+realNextVer) || !podReady(&p) {
+			return fmt.Errorf("istiod pod %s: image %s, ready %v", p.Name, img, podReady(&p))
+		}
+		newIstiod = p.Name
+		return nil
+	})
+	atRoll = traffic.calls.Load()
+	realPoll(ctx, t, "20 more calls after istiod rolled", func() error {
+		if got := traffic.calls.Load() - atRoll; got < 20 {
+			return fmt.Errorf("%d calls", got)
+		}
+		return nil
+	})
+	calls, failures = traffic.stop()
+	t.Logf("timing: step 3b (istiod upgraded to %s, pod %s) after %.1fs; new connections during it: %d, failed: %d",
+		realNextVer, newIstiod, time.Since(step).Seconds(), calls, len(failures))
+	if len(failures) > 0 {
+		t.Errorf("%d of %d new connections failed while istiod was upgraded; first: %v", len(failures), calls, failures[:min(5, len(failures))])
+	}
+	realPoll(ctx, t, "ztunnel "+realImageVer+" synced with istiod "+realNextVer+" (ambitctl proxy-status)", func() error {
+		r := runCtl(t, c.Kubeconfig, "proxy-status", "-n", realInstallNS)
+		if r.code != 0 {
+			return fmt.Errorf("exit %d: %s", r.code, r.stderr)
+		}
+		if !strings.Contains(r.stdout, newZt) || !strings.Contains(r.stdout, realImageVer) || !strings.Contains(r.stdout, "SYNCED") || strings.Contains(r.stdout, "STALE") {
+			return fmt.Errorf("want %s (%s) SYNCED:\n%s", newZt, realImageVer, r.stdout)
+		}
+		t.Logf("ambitctl proxy-status after the istiod upgrade:\n%s", r.stdout)
+		return nil
+	})
+
 	// Step 4: uninstall.
 	step = time.Now()
 	agentLog := followLogs(ctx, t, c, realInstallNS, "app=cni-agent")
@@ -351,6 +409,22 @@ func buildRealImages(ctx context.Context, t *testing.T) map[string]string {
 		}
 	}
 	return out
+}
+
+// buildIstiodImage builds istiod at version into a tarball tagged so.
+func buildIstiodImage(ctx context.Context, t *testing.T, version string) string {
+	t.Helper()
+	b := images.NewBuilder(images.Options{Version: version, Progress: logWriter{t}})
+	defer b.Close()
+	img, err := b.Build(ctx, images.Istiod)
+	if err != nil {
+		t.Fatalf("image istiod %s: %v", version, err)
+	}
+	path := filepath.Join(t.TempDir(), "istiod-"+version+".tar")
+	if err := images.WriteTarball(path, images.Tag(realHub, images.Istiod.Name, version), img); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // relayIstiod relays connections to HostIP:15012 to the istiod pod's IP.

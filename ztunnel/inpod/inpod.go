@@ -45,6 +45,9 @@ type Config struct {
 	Proxy proxy.Config
 	// Store is subscribed to by Run; nil means no re-checks.
 	Store *state.Store
+	// DrainTimeout bounds how long Run, once its context ends, lets open
+	// connections finish (0: they are closed at once).
+	DrainTimeout time.Duration
 	// Identities, when set, forgets a pod's identity when its last pod
 	// leaves.
 	Identities Identities
@@ -394,9 +397,14 @@ func (m *Manager) Pods() []proxy.PodStatus {
 }
 
 // Run re-checks open connections after every state change until ctx ends,
-// then closes every pod and returns.
+// then drains every pod (Shutdown, bounded by Config.DrainTimeout) and
+// returns.
 func (m *Manager) Run(ctx context.Context) {
-	defer m.Close()
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), m.cfg.DrainTimeout)
+		defer cancel()
+		m.Shutdown(dctx)
+	}()
 	if m.cfg.Store == nil {
 		<-ctx.Done()
 		return
@@ -413,6 +421,33 @@ func (m *Manager) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// Shutdown drains every pod at once (proxy.PodProxy.Shutdown: no new
+// connections, open ones may finish until ctx ends) and then stops it as
+// Close does; later adds fail with ErrClosed. On a rolling update the new
+// ztunnel already serves the pods' new connections. Idempotent.
+func (m *Manager) Shutdown(ctx context.Context) {
+	m.mu.Lock()
+	m.closed = true
+	pods := m.pods
+	m.pods = map[string]*podEntry{}
+	m.mu.Unlock()
+	if len(pods) > 0 {
+		m.log.Info("draining pods' connections", "pods", len(pods))
+	}
+	var wg sync.WaitGroup
+	for _, e := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := e.proxy.Shutdown(ctx); err != nil {
+				m.log.Warn("connections still open when the drain ended; closed", "pod", e.pod.Name, "namespace", e.pod.Namespace, "error", err)
+			}
+			m.stop(e)
+		}()
+	}
+	wg.Wait()
 }
 
 // Close stops every pod; later adds fail with ErrClosed. Idempotent.

@@ -293,6 +293,51 @@ func (p *PodProxy) Close() error {
 	return nil
 }
 
+// Shutdown drains the proxy: it stops accepting (the listeners close, and
+// HBONE peers get GOAWAY so they open new streams elsewhere), waits until
+// every open connection has ended or ctx ends, then closes what is left
+// as Close does. A successor ztunnel that took over the pod's listeners
+// serves the new connections meanwhile.
+func (p *PodProxy) Shutdown(ctx context.Context) error {
+	p.ls.Outbound.Close()
+	p.ls.Inbound.Close()
+	hctx, hcancel := context.WithCancel(ctx)
+	defer hcancel()
+	hdone := make(chan struct{})
+	go func() { defer close(hdone); _ = p.srv.Shutdown(hctx) }()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for err == nil && (p.openConns() > 0 || !closed(hdone)) {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-tick.C:
+		}
+	}
+	hcancel()
+	<-hdone
+	if cerr := p.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *PodProxy) openConns() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
 // Recheck evaluates every open inbound connection against the current
 // state and closes those it no longer allows (or no longer serves). It
 // returns how many it closed.

@@ -34,6 +34,7 @@ const (
 	FlagLocalConfig   = "local-config"
 	FlagXDSAddr       = "xds-addr"
 	FlagCertTTL       = "cert-ttl"
+	FlagDrainTimeout  = "drain-timeout"
 	FlagMetricsAddr   = "metrics-addr"
 	FlagReadinessAddr = "readiness-addr"
 	FlagAdminAddr     = "admin-addr"
@@ -59,6 +60,9 @@ const (
 	DefaultAdminAddr     = "127.0.0.1:15000"
 	DefaultPodNamespace  = "istio-system"
 	DefaultClusterID     = "Kubernetes"
+	// DefaultDrainTimeout leaves 10 s of the chart's default 30 s grace
+	// period for the rest of the shutdown.
+	DefaultDrainTimeout = 20 * time.Second
 )
 
 // Config is ztunnel's validated configuration.
@@ -83,8 +87,11 @@ type Config struct {
 	// XDSAddr is istiod's workload discovery host:port (default CAAddr),
 	// verified with CAServerName and CARoot and authenticated with the
 	// token of TokenFile, as the CA. Empty when LocalConfig is set.
-	XDSAddr       string
-	CertTTL       time.Duration
+	XDSAddr string
+	CertTTL time.Duration
+	// DrainTimeout bounds how long open connections may finish after
+	// SIGTERM (the pod's terminationGracePeriodSeconds must be longer).
+	DrainTimeout  time.Duration
 	MetricsAddr   string
 	ReadinessAddr string
 	AdminAddr     string
@@ -136,6 +143,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		localConfig   = str(FlagLocalConfig, "", "YAML file with the mesh state (workloads, services, policies), reloaded on change; when set, used instead of xDS")
 		xdsAddr       = str(FlagXDSAddr, "", "host:port of istiod's workload discovery (xDS); default --"+FlagCAAddr)
 		certTTL       = str(FlagCertTTL, identity.DefaultCertTTL.String(), "lifetime requested for workload certificates")
+		drainTimeout  = str(FlagDrainTimeout, DefaultDrainTimeout.String(), "after SIGTERM: no new connections, and open ones may finish for this long (0s: closed at once); keep it below the pod's terminationGracePeriodSeconds")
 		metricsAddr   = str(FlagMetricsAddr, DefaultMetricsAddr, "listen address of /stats/prometheus")
 		readinessAddr = str(FlagReadinessAddr, DefaultReadinessAddr, "listen address of /healthz/ready")
 		adminAddr     = str(FlagAdminAddr, DefaultAdminAddr, "listen address of /config_dump and /debug/pprof/ (loopback only)")
@@ -198,6 +206,11 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		if _, _, err := net.SplitHostPort(cfg.XDSAddr); cfg.XDSAddr != "" && err != nil {
 			bad(FlagXDSAddr, "%q is not host:port (e.g. istiod.istio-system.svc:15012)", cfg.XDSAddr)
 		}
+	}
+	if d, err := time.ParseDuration(*drainTimeout); err != nil || d < 0 {
+		bad(FlagDrainTimeout, "%q is not a duration of 0s or more (e.g. 20s)", *drainTimeout)
+	} else {
+		cfg.DrainTimeout = d
 	}
 	if d, err := time.ParseDuration(*certTTL); err != nil || d <= 0 {
 		bad(FlagCertTTL, "%q is not a positive duration (e.g. 24h, 90m)", *certTTL)

@@ -33,7 +33,7 @@ func TestParseConfigLocalMode(t *testing.T) {
 	want := Config{
 		Node: "node-a", TrustDomain: "cluster.local", ZDSSocket: "S/nodes/node-a/ztunnel.sock",
 		CAAddr: "172.30.0.1:15012", CAServerName: "istiod.istio-system.svc", CARoot: "S/root-cert.pem",
-		TokenFile: "S/nodes/node-a/token", LocalConfig: "S/ztunnel-config.yaml", CertTTL: 24 * time.Hour,
+		TokenFile: "S/nodes/node-a/token", LocalConfig: "S/ztunnel-config.yaml", CertTTL: 24 * time.Hour, DrainTimeout: DefaultDrainTimeout,
 		MetricsAddr: ":15020", ReadinessAddr: ":15021", AdminAddr: "127.0.0.1:15000", LogLevel: slog.LevelInfo,
 		PodName: "ztunnel-node-a", PodNamespace: "istio-system", ClusterID: "Kubernetes",
 		Limits: limit.Defaults, MemoryLimit: 900 << 20,

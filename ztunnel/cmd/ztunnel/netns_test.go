@@ -602,6 +602,60 @@ func TestZtunnelNetns(t *testing.T) {
 		eventually(t, "A → B after restart", 10*time.Second, expectEcho(ctx, a, toB, "pod-b"))
 	})
 
+	t.Run("SIGTERM drains open connections", func(t *testing.T) {
+		z.stop()
+		dcfg := cfg
+		dcfg.DrainTimeout = 20 * time.Second
+		z = startZtunnel(t, dcfg, log)
+		eventually(t, "A → B with the draining ztunnel", 10*time.Second, expectEcho(ctx, a, toB, "pod-b"))
+		s := netns.Sockets{NS: a.ns}
+		conn, err := s.Dial(ctx, "tcp", toB.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		r := bufio.NewReader(conn)
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintln(conn, "before")
+		if ans, err := r.ReadString('\n'); err != nil || !strings.Contains(ans, "echo=before") {
+			t.Fatalf("open connection: %q %v", ans, err)
+		}
+		stopped := make(chan time.Duration, 1)
+		begin := time.Now()
+		go func() { z.stop(); stopped <- time.Since(begin) }()
+		// Whatever fails below, the next subtests get a ztunnel again.
+		defer func() {
+			conn.Close()
+			<-stopped
+			z = startZtunnel(t, cfg, log)
+		}()
+		// New connections are no longer taken (no successor here: refused).
+		eventually(t, "new A → B refused while draining", 10*time.Second, expectFail(ctx, a, toB))
+		select {
+		case d := <-stopped:
+			stopped <- d
+			t.Fatalf("ztunnel exited %v after SIGTERM with a connection open", d)
+		default:
+		}
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintln(conn, "draining")
+		if ans, err := r.ReadString('\n'); err != nil || !strings.Contains(ans, "echo=draining") {
+			t.Fatalf("the open connection while ztunnel drains: %q %v", ans, err)
+		}
+		conn.Close()
+		select {
+		case d := <-stopped:
+			stopped <- d
+			t.Logf("ztunnel exited %v after SIGTERM, once the open connection ended", d.Round(time.Millisecond))
+		case <-time.After(15 * time.Second):
+			t.Fatal("ztunnel still draining 15s after the last connection ended")
+		}
+	})
+
+	t.Run("after the drain", func(t *testing.T) {
+		eventually(t, "A → B after the drained ztunnel", 10*time.Second, expectEcho(ctx, a, toB, "pod-b"))
+	})
+
 	t.Run("del closes listeners", func(t *testing.T) {
 		snap.remove("uid-b")
 		if err := zsrv.DelPod(ctx, "uid-b"); err != nil {

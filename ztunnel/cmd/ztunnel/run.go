@@ -115,6 +115,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	node, limits := nodeLimits(cfg.Limits, log)
 	foreign := metrics.NewForeignListeners(met.Registry())
 	pods := inpod.New(inpod.Config{
+		DrainTimeout: cfg.DrainTimeout,
 		Proxy: proxy.Config{
 			Node: cfg.Node, TrustDomain: cfg.TrustDomain, State: store, Certs: certs,
 			TrustBundle: trustBundle(fileRoots, certs.Roots), Metrics: met, Logger: log,

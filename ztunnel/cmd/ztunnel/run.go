@@ -192,6 +192,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 
 	var wg sync.WaitGroup
 	var loaded sync.Once
+	// stateLoaded closes once the first full state is in: only then does
+	// ztunnel ask the node agent for pods, so it never takes a pod's
+	// connections (from a predecessor, on a rolling update) before it knows
+	// where they go.
+	stateLoaded := make(chan struct{})
 	wg.Add(3)
 	if xc != nil {
 		// The client keeps the last good state in the store while istiod
@@ -204,6 +209,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 			case <-xc.Synced():
 				log.Info("workload xDS synced", "xds", cfg.XDSAddr)
 				readiness.Set(admin.CondState, nil)
+				close(stateLoaded)
 			case <-ctx.Done():
 			}
 		}()
@@ -212,7 +218,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 			defer wg.Done()
 			_ = state.Watch(ctx, cfg.LocalConfig, store, state.WatchOptions{Logger: log, Reloaded: func(err error) {
 				if err == nil {
-					loaded.Do(func() { readiness.Set(admin.CondState, nil) })
+					loaded.Do(func() { readiness.Set(admin.CondState, nil); close(stateLoaded) })
 					return
 				}
 				if store.Load().Version() == 0 {
@@ -224,7 +230,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(addrs)) e
 	go func() { defer wg.Done(); pods.Run(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); reclaimMemory(ctx, time.Second, 8<<20, log) }()
-	go func() { defer wg.Done(); _ = zc.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		select {
+		case <-stateLoaded:
+			_ = zc.Run(ctx)
+		case <-ctx.Done():
+		}
+	}()
 	log.Info("ztunnel started", "zds_socket", cfg.ZDSSocket, "ca", cfg.CAAddr, "local_config", cfg.LocalConfig, "xds", cfg.XDSAddr,
 		"metrics", bound[0].String(), "readiness", bound[1].String(), "admin", bound[2].String())
 	if ready != nil {

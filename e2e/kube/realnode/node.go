@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -84,6 +85,8 @@ type Options struct {
 // Node is a running containerd + kubelet registered with the cluster. Its
 // fields are read-only. Stop it exactly once (more calls are no-ops).
 type Node struct {
+	lock *os.File // LockPath, held until Stop
+
 	// Name is the Node object's name.
 	Name string
 	// Netns is the name of the node's network namespace (under
@@ -163,6 +166,18 @@ func Start(ctx context.Context, opts Options) (_ *Node, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	// One real node per machine (fixed prefix, directories and ports):
+	// a second test package waits here until the first node stopped,
+	// rather than sweeping it away as a leftover.
+	lock, err := lockMachine(ctx, opts.Progress)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			lock.Close()
+		}
+	}()
 	if err := Cleanup(); err != nil {
 		return nil, fmt.Errorf("realnode: removing leftovers of an earlier run: %w", err)
 	}
@@ -173,6 +188,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, retErr error) {
 		Dir: filepath.Join(DataRoot, opts.Name), RunDir: filepath.Join(RunRoot, opts.Name),
 		Binaries: bins, cluster: opts.Cluster,
 		keep: opts.Keep || os.Getenv(cluster.EnvKeep) == "1",
+		lock: lock,
 	}
 	n.ContainerdSocket = filepath.Join(n.RunDir, "containerd.sock")
 	defer func() {
@@ -599,6 +615,41 @@ func (n *Node) Stop() error {
 			errs = append(errs, fmt.Errorf("deleting EndpointSlice default/%s: %w", KubernetesEndpointSlice, err))
 		}
 		n.stopErr = errors.Join(errs...)
+		n.lock.Close()
 	})
 	return n.stopErr
+}
+
+// LockPath is the machine-wide lock a running node holds.
+const LockPath = "/run/ambtn.lock"
+
+// lockMachine takes LockPath, waiting (with a line of progress) while
+// another node holds it, until ctx ends. Closing the file releases it; so
+// does the process's exit.
+func lockMachine(ctx context.Context, progress io.Writer) (*os.File, error) {
+	f, err := os.OpenFile(LockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("realnode: opening the node lock %s: %w", LockPath, err)
+	}
+	said := false
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("realnode: locking %s: %w", LockPath, err)
+		}
+		if !said {
+			fmt.Fprintf(progress, "realnode: another real node runs on this machine; waiting for it to stop (%s)\n", LockPath)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("realnode: waiting for the node lock %s: %w", LockPath, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

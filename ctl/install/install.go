@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"helm.sh/helm/v4/pkg/action"
+	chart "helm.sh/helm/v4/pkg/chart/v2"
 	"helm.sh/helm/v4/pkg/cli/values"
 	"helm.sh/helm/v4/pkg/getter"
 	"helm.sh/helm/v4/pkg/kube"
@@ -114,18 +115,28 @@ func Render(o Options) (string, error) {
 	return strings.TrimRight(string(crds), "\n") + "\n---\n" + m, nil
 }
 
-// Install installs the chart as a new release (creating the namespace).
-func Install(ctx context.Context, o Options) error {
-	o.defaults()
+// prepare gives what Install and Upgrade both start from: the merged
+// values, the embedded chart and Helm connected to the cluster.
+func (o *Options) prepare() (map[string]any, *chart.Chart, *action.Configuration, error) {
 	vals, err := o.Values()
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	c, err := charts.Load()
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	cfg, err := o.helm()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return vals, c, cfg, nil
+}
+
+// Install installs the chart as a new release (creating the namespace).
+func Install(ctx context.Context, o Options) error {
+	o.defaults()
+	vals, c, cfg, err := o.prepare()
 	if err != nil {
 		return err
 	}
@@ -149,15 +160,7 @@ func Install(ctx context.Context, o Options) error {
 // Upgrade applies the chart's CRDs, then upgrades the release.
 func Upgrade(ctx context.Context, o Options) error {
 	o.defaults()
-	vals, err := o.Values()
-	if err != nil {
-		return err
-	}
-	c, err := charts.Load()
-	if err != nil {
-		return err
-	}
-	cfg, err := o.helm()
+	vals, c, cfg, err := o.prepare()
 	if err != nil {
 		return err
 	}
